@@ -1,0 +1,218 @@
+"""`python -m login`: sign in to subscriptions and manage the stored logins."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from .config import BUCKET_PATTERN, load_config
+from .errors import KeyswapError
+from .providers import PROVIDERS
+from .tokens import Entry, TokenService
+from .ui import Console
+
+DEFAULT_BUCKET = "default"
+
+_EPILOG = """\
+examples:
+  python -m login copilot                 sign in to GitHub Copilot
+  python -m login codex work@me.com       a second ChatGPT account, as bucket "work@me.com"
+  python -m login status                  what is logged in, and until when
+  python -m login logout codex --all      forget every ChatGPT login
+
+Tokens are kept in the OS keyring (or an encrypted file where none works;
+KEYSWAP_STORE=keyring|file chooses). Config: --config PATH, $KEYSWAP_CONFIG,
+or the user config dir's keyswap/config.toml.
+"""
+
+
+def _bucket(value: str) -> str:
+    import re
+
+    if not re.match(BUCKET_PATTERN, value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a bucket name (letters, digits and @._+- ; no spaces or colons)"
+        )
+    return value
+
+
+def _provider(value: str) -> str:
+    if value not in PROVIDERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown provider {value!r} (choose from {', '.join(sorted(PROVIDERS))})"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="config file (TOML)")
+    parser = argparse.ArgumentParser(
+        prog="python -m login",
+        description="Sign in to the subscriptions keyswap uses, and manage the stored logins.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<provider> | <command>", required=True)
+
+    for name, provider in sorted(PROVIDERS.items()):
+        flow = "device code" if provider.flow == "device" else "browser sign-in"
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=f"sign in to {provider.title} ({flow})",
+            description=f"Sign in to {provider.title} and store the tokens as one bucket.",
+        )
+        p.add_argument(
+            "bucket",
+            nargs="?",
+            default=DEFAULT_BUCKET,
+            type=_bucket,
+            help=f"name for this account (default: {DEFAULT_BUCKET}); log in again with "
+            "another name to add a second account",
+        )
+        p.add_argument(
+            "--no-browser",
+            action="store_true",
+            help="do not open a browser: print the URL, and accept the pasted redirect URL or "
+            "code (automatic over SSH and without a display)",
+        )
+        p.add_argument(
+            "--timeout", type=float, default=300.0, metavar="SECONDS", help="give up after this long"
+        )
+        p.set_defaults(run=_login, provider=name)
+
+    p = sub.add_parser(
+        "status", parents=[common], help="show stored logins and whether they are usable"
+    )
+    p.add_argument("provider", nargs="?", type=_provider, help="only this provider")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_status)
+
+    p = sub.add_parser("logout", parents=[common], help="forget a stored login")
+    p.add_argument("provider", type=_provider)
+    p.add_argument("bucket", nargs="?", type=_bucket, help=f"default: {DEFAULT_BUCKET}")
+    p.add_argument("--all", action="store_true", help="every bucket of this provider")
+    p.set_defaults(run=_logout)
+
+    p = sub.add_parser("refresh", parents=[common], help="refresh a login's access token now")
+    p.add_argument("provider", type=_provider)
+    p.add_argument("bucket", nargs="?", default=DEFAULT_BUCKET, type=_bucket)
+    p.set_defaults(run=_refresh)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+        return result
+    except KeyswapError as exc:
+        print(f"✘ {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("✘ cancelled; nothing was stored", file=sys.stderr)
+        return 130
+
+
+def _service(args: argparse.Namespace) -> TokenService:
+    return TokenService(load_config(args.config))
+
+
+def _run[T](service: TokenService, job: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    async def go() -> T:
+        try:
+            return await job()
+        finally:
+            await service.aclose()
+
+    return asyncio.run(go())
+
+
+def _login(args: argparse.Namespace) -> int:
+    service = _service(args)
+    ui = Console(no_browser=args.no_browser)
+    provider = PROVIDERS[args.provider]
+    cred = _run(service, lambda: service.login(args.provider, args.bucket, ui, timeout=args.timeout))
+    who = f" as {cred.account}" if cred.account else ""
+    ui.done(f"Logged in to {provider.title}{who}")
+    ui.done(f'Stored as {args.provider}:{args.bucket} in the {service.store.kind} store')
+    if "project" in cred.extra:
+        ui.done(f"Code Assist project: {cred.extra['project']}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    service = _service(args)
+    entries = service.entries(args.provider)
+    if args.json:
+        print(json.dumps({"store": service.store.kind, "logins": [_entry_json(e) for e in entries]}, indent=2))
+        return 0
+    if not entries:
+        which = args.provider or "any provider"
+        print(f"Not logged in to {which}. Run `python -m login <provider>` (see --help).")
+        return 0
+    rows = [
+        (e.provider, e.bucket, e.account or "-", e.state, _when(e.expires_at)) for e in entries
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+    for e in entries:
+        if e.detail:
+            print(f"  {e.provider}:{e.bucket}: {e.detail}")
+    print(f"(store: {service.store.kind})")
+    return 0
+
+
+def _entry_json(e: Entry) -> dict[str, Any]:
+    return {
+        "provider": e.provider,
+        "bucket": e.bucket,
+        "account": e.account,
+        "state": e.state,
+        "expires_at": e.expires_at,
+        "detail": e.detail,
+    }
+
+
+def _when(expires_at: float | None) -> str:
+    if expires_at is None:
+        return "no expiry"
+    delta = expires_at - time.time()
+    span = abs(delta)
+    text = (
+        f"{int(span)} s"
+        if span < 120
+        else f"{int(span // 60)} min"
+        if span < 7200
+        else f"{span / 3600:.0f} h"
+        if span < 172800
+        else f"{span / 86400:.0f} d"
+    )
+    return f"expires in {text}" if delta > 0 else f"expired {text} ago"
+
+
+def _logout(args: argparse.Namespace) -> int:
+    service = _service(args)
+    if args.all and args.bucket:
+        raise KeyswapError("give a bucket or --all, not both")
+    buckets = service.store.buckets(args.provider) if args.all else [args.bucket or DEFAULT_BUCKET]
+    removed = [b for b in buckets if service.logout(args.provider, b)]
+    if not removed:
+        raise KeyswapError(f"no stored login for {args.provider}" + ("" if args.all else f":{buckets[0]}"))
+    for bucket in removed:
+        print(f"✓ Logged out of {args.provider}:{bucket}", file=sys.stderr)
+    return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    service = _service(args)
+    cred = _run(service, lambda: service.refresh(args.provider, args.bucket, force=True))
+    print(f"✓ Refreshed {cred.name}; {_when(cred.expires_at)}", file=sys.stderr)
+    return 0

@@ -1,0 +1,149 @@
+"""The config file (TOML, optional): loading, validation and where it lives.
+
+Every error names the file, the key and the reason, so a user can fix it
+without reading code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+Strategy = Literal["round-robin", "failover"]
+BUCKET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9@._+-]{0,127}$"
+Bucket = Annotated[str, Field(pattern=BUCKET_PATTERN)]
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str) -> str:
+    """An endpoint URL: https, or plain http only to a loopback host (tests, local fakes)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an absolute http(s) URL")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError(f"{url!r} must use https (plain http is allowed only for loopback hosts)")
+    return url
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProxySettings(_Strict):
+    strategy: Strategy = "round-robin"
+    cooldown: float = Field(60.0, gt=0, description="seconds, when a 429 carries no reset hint")
+    allow_remote: bool = False
+
+
+class ProviderSettings(_Strict):
+    enabled: bool = True
+    strategy: Strategy | None = None
+    buckets: list[Bucket] | None = None
+    endpoints: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for url in value.values():
+            check_url(url)
+        return value
+
+
+class Config(_Strict):
+    proxy: ProxySettings = ProxySettings()
+    resolve: dict[str, str] = Field(default_factory=dict)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    path: str | None = Field(None, exclude=True)
+
+    @field_validator("resolve")
+    @classmethod
+    def _host_ports(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, target in value.items():
+            for item in (key, target):
+                host, sep, port = item.rpartition(":")
+                if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError(f"{item!r} must be host:port")
+        return value
+
+    def provider(self, name: str) -> ProviderSettings:
+        return self.providers.get(name) or ProviderSettings()
+
+    def resolve_target(self, host: str, port: int) -> tuple[str, int] | None:
+        """Where `[resolve]` says to dial host:port instead of DNS, if anywhere."""
+        target = self.resolve.get(f"{host}:{port}")
+        if target is None:
+            return None
+        addr, _, p = target.rpartition(":")
+        return addr.strip("[]"), int(p)
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("KEYSWAP_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_config_dir("keyswap", appauthor=False)) / "config.toml"
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate the config. A missing file at the default path means defaults;
+    a missing file that was named explicitly is an error."""
+    explicit = path is not None or bool(os.environ.get("KEYSWAP_CONFIG"))
+    file = Path(path).expanduser() if path is not None else default_config_path()
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(str(file), "", "file not found") from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(str(file), "", exc.strerror or str(exc)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(file), "", f"not valid TOML ({exc})") from None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        reason = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(str(file), _key_of(first["loc"]), reason) from None
+    _check_providers(config, str(file))
+    return config.model_copy(update={"path": str(file)})
+
+
+def _check_providers(config: Config, file: str) -> None:
+    from .providers import PROVIDERS  # late: providers import config helpers
+
+    for name, settings in config.providers.items():
+        provider = PROVIDERS.get(name)
+        if provider is None:
+            known = ", ".join(sorted(PROVIDERS))
+            raise ConfigError(file, f"providers.{name}", f"unknown provider (known: {known})")
+        for key in settings.endpoints:
+            if key not in provider.endpoints:
+                known = ", ".join(sorted(provider.endpoints))
+                raise ConfigError(
+                    file, f"providers.{name}.endpoints.{key}", f"unknown endpoint (known: {known})"
+                )

@@ -1,0 +1,48 @@
+"""Exceptions keyswap raises. Each message says what happened and what to do, never a secret."""
+
+from __future__ import annotations
+
+
+class KeyswapError(Exception):
+    """Base class: the message is safe to show to a user."""
+
+
+class ConfigError(KeyswapError):
+    """The config file is invalid. Names the file, the key and the reason."""
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        self.path, self.key, self.reason = path, key, reason
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {reason}")
+
+
+class LoginError(KeyswapError):
+    """A login flow failed (denied, expired, wrong state, network)."""
+
+
+class NeedsLogin(KeyswapError):
+    """No usable credential: the user must run `python -m login <provider> [bucket]`."""
+
+    def __init__(self, provider: str, bucket: str, why: str) -> None:
+        self.provider, self.bucket = provider, bucket
+        cmd = f"python -m login {provider}" + ("" if bucket == "default" else f" {bucket}")
+        super().__init__(f"{provider}/{bucket}: {why}; run `{cmd}`")
+
+
+class RefreshFailed(KeyswapError):
+    """Refreshing failed for a reason that may pass (network, 5xx); the stored login is kept."""
+
+
+class StoreError(KeyswapError):
+    """The token store cannot be used (unsafe permissions, no backend)."""
+
+
+class CorruptEntry(StoreError):
+    """One stored entry cannot be read; other entries are unaffected."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        super().__init__(
+            f"stored login {name!r} is unreadable ({reason}); "
+            f"log in again or run `python -m login logout {name.replace(':', ' ')}`"
+        )

@@ -1,0 +1,57 @@
+"""Anthropic Claude Pro/Max: auth code + PKCE with the Claude Code client; the user
+pastes the `code#state` the callback page shows (providers.md §5).
+
+Both tokens rotate on refresh and the old pair dies at once, so refreshes must be
+serialised across processes (the token service does that for every provider).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..credential import Credential
+from .base import LoginContext, Provider
+
+OAUTH_BETA = "oauth-2025-04-20"
+
+
+class Anthropic(Provider):
+    async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
+        cred = self.credential(ctx.bucket, tokens)
+        account = tokens.get("account") or {}
+        org = tokens.get("organization") or {}
+        extra = dict(cred.extra)
+        if isinstance(org, dict) and org.get("uuid"):
+            extra["organization"] = str(org["uuid"])
+        email = account.get("email_address") if isinstance(account, dict) else None
+        return cred.model_copy(update={"account": email or cred.account, "extra": extra})
+
+    def api_headers(self, cred: Credential) -> dict[str, str]:
+        return {"anthropic-beta": OAUTH_BETA}
+
+
+PROVIDER = Anthropic(
+    name="anthropic",
+    title="Claude (Pro/Max)",
+    flow="auth_code",
+    client_id="9d1c250a-e61b-44d9-88ed-5944d1962f5e",
+    scopes=(
+        "org:create_api_key",
+        "user:profile",
+        "user:inference",
+        "user:sessions:claude_code",
+        "user:mcp_servers",
+        "user:file_upload",
+    ),
+    endpoints={
+        "authorize": "https://claude.ai/oauth/authorize",
+        "token": "https://platform.claude.com/v1/oauth/token",
+        "redirect_uri": "https://platform.claude.com/oauth/code/callback",
+        "profile": "https://api.anthropic.com/api/oauth/profile",
+        "api": "https://api.anthropic.com",
+    },
+    authorize_params={"code": "true"},
+    token_format="json",
+    send_state_in_exchange=True,
+    api_hosts=("api.anthropic.com",),
+)

@@ -1,0 +1,225 @@
+"""A provider is data (client id, scopes, endpoints, flow) plus small adapter hooks.
+
+The generic parts of every OAuth dance live here; a provider module fills in the
+data and overrides a hook only where the provider really differs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from ..credential import Credential
+from ..errors import LoginError, NeedsLogin, RefreshFailed
+from ..flows import authcode, device
+from ..flows.http import body_of, error_code, error_text, send
+from ..ui import Console
+
+# Refresh answers that mean the login is gone for good (RFC 6749 §5.2, OpenAI's codes).
+_DEAD_GRANT = {
+    "invalid_grant",
+    "invalid_client",
+    "unauthorized_client",
+    "refresh_token_reused",
+    "refresh_token_expired",
+    "refresh_token_invalidated",
+}
+
+
+@dataclass
+class LoginContext:
+    http: httpx.AsyncClient
+    endpoints: Mapping[str, str]
+    ui: Console
+    bucket: str
+    timeout: float = 300.0
+    device: bool = False  # prefer a device-code flow where the provider has both
+
+
+class Provider(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    title: str
+    flow: Literal["device", "auth_code"]
+    client_id: str
+    # Installed-app secrets that the vendors publish in their own CLIs (Google); not secret.
+    client_secret: str | None = None
+    scopes: tuple[str, ...]
+    endpoints: dict[str, str]
+    authorize_params: dict[str, str] = {}
+    token_format: Literal["form", "json"] = "form"
+    refresh_format: Literal["form", "json"] | None = None  # None: as token_format
+    send_state_in_exchange: bool = False
+    fallback_ports: tuple[int, ...] = ()
+    # Refresh this many seconds before the access token expires.
+    refresh_skew: float = 300.0
+    # Hosts whose API accepts this provider's tokens (the addon delivers only there).
+    api_hosts: tuple[str, ...] = ()
+
+    note: ClassVar[str] = ""
+
+    # -- login ---------------------------------------------------------------------------
+
+    async def login(self, ctx: LoginContext) -> Credential:
+        if self.flow == "device":
+            tokens = await self._device_login(ctx)
+        else:
+            tokens = await self._auth_code_login(ctx)
+        return await self.finish_login(ctx, tokens)
+
+    async def _device_login(self, ctx: LoginContext) -> dict[str, Any]:
+        scope = " ".join(self.scopes)
+        code = await device.request_code(ctx.http, ctx.endpoints["device_code"], self.client_id, scope)
+        ctx.ui.step(f"First copy your one-time code: {code.user_code}")
+        url = code.verification_uri
+        host = httpx.URL(url).host
+        if ctx.ui.interactive and not ctx.ui.no_browser:
+            ctx.ui.say(f"Press Enter to open {host} in your browser...")
+            await _readline()
+            if not ctx.ui.open(url):
+                ctx.ui.step(f"Could not open a browser; open {url} and enter the code")
+        else:
+            ctx.ui.say(f"Open {url} in a browser and enter the code.")
+        ctx.ui.say("Waiting for authorization...")
+        return await device.poll_token(ctx.http, ctx.endpoints["token"], self.client_id, code)
+
+    async def _auth_code_login(self, ctx: LoginContext) -> dict[str, Any]:
+        pkce, state = authcode.Pkce.new(), authcode.new_state()
+        redirect_uri = ctx.endpoints["redirect_uri"]
+        listener = None
+        if authcode.listens(redirect_uri):
+            listener = authcode.CallbackListener.bind(redirect_uri, state, self.fallback_ports)
+            redirect_uri = listener.redirect_uri
+        params = {
+            **self.authorize_params,
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(self.scopes),
+            "code_challenge": pkce.challenge,
+            "code_challenge_method": "S256",
+            "state": state,
+        }
+        url = authcode.authorize_url(ctx.endpoints["authorize"], params)
+        host = httpx.URL(url).host
+        try:
+            if ctx.ui.open(url):
+                ctx.ui.step(f"Opened {host} in your browser. If it did not open, visit:")
+            else:
+                ctx.ui.step(f"Open this URL in a browser to sign in to {self.title}:")
+            ctx.ui.say(f"  {url}")
+            if listener is None:
+                ctx.ui.say("Then paste the code it shows here:")
+            else:
+                ctx.ui.say("Waiting for the browser... (or paste the redirect URL here)")
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
+        code = await authcode.wait_for_code(listener, state, ctx.ui, ctx.timeout)
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "client_id": self.client_id,
+            "code_verifier": pkce.verifier,
+        }
+        if self.send_state_in_exchange:
+            form["state"] = state
+        return await self.token_request(ctx.http, ctx.endpoints["token"], form, "signing in")
+
+    async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
+        """Turn the token answer into a credential; providers add account, project, ..."""
+        return self.credential(ctx.bucket, tokens)
+
+    # -- refresh -------------------------------------------------------------------------
+
+    async def refresh(
+        self, http: httpx.AsyncClient, endpoints: Mapping[str, str], cred: Credential
+    ) -> Credential:
+        """A fresh credential. Raises NeedsLogin when the grant is gone for good and
+        RefreshFailed when it may pass (network, 5xx)."""
+        if not cred.refresh:
+            raise NeedsLogin(self.name, cred.bucket, "the login expired and cannot be refreshed")
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": cred.refresh,
+            "client_id": self.client_id,
+        }
+        try:
+            tokens = await self.token_request(
+                http, endpoints["token"], form, "refreshing", self.refresh_format
+            )
+        except _Rejected as exc:
+            if exc.code in _DEAD_GRANT or exc.status in (400, 401):
+                raise NeedsLogin(self.name, cred.bucket, f"refresh refused ({exc.reason})") from None
+            raise RefreshFailed(f"{self.name}/{cred.bucket}: refresh failed ({exc.reason})") from None
+        except LoginError as exc:
+            raise RefreshFailed(f"{self.name}/{cred.bucket}: {exc}") from None
+        return self.credential(cred.bucket, tokens, previous=cred)
+
+    # -- shared helpers ------------------------------------------------------------------
+
+    async def token_request(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        fields: dict[str, str],
+        what: str,
+        fmt: Literal["form", "json"] | None = None,
+    ) -> dict[str, Any]:
+        if self.client_secret:
+            fields = {**fields, "client_secret": self.client_secret}
+        headers = {"Accept": "application/json"}
+        if (fmt or self.token_format) == "json":
+            req = http.build_request("POST", url, json=fields, headers=headers)
+        else:
+            req = http.build_request("POST", url, data=fields, headers=headers)
+        resp = await send(http, req, what)
+        data = body_of(resp)
+        if resp.status_code != 200 or not data.get("access_token"):
+            raise _Rejected(what, resp.status_code, data)
+        return data
+
+    def credential(
+        self, bucket: str, tokens: dict[str, Any], previous: Credential | None = None
+    ) -> Credential:
+        """Keep the old refresh token when the answer carries none (Google does not rotate)."""
+        refresh = tokens.get("refresh_token") or (previous.refresh if previous else None)
+        expires_in = tokens.get("expires_in")
+        return Credential(
+            provider=self.name,
+            bucket=bucket,
+            access_token=SecretStr(str(tokens["access_token"])),
+            refresh_token=SecretStr(refresh) if refresh else None,
+            expires_at=time.time() + float(expires_in) if expires_in else None,
+            account=previous.account if previous else None,
+            extra=dict(previous.extra) if previous else {},
+            updated_at=time.time(),
+        )
+
+    def api_headers(self, cred: Credential) -> dict[str, str]:
+        """Headers the provider's API wants next to the token (used by the addon)."""
+        return {}
+
+
+class _Rejected(LoginError):
+    """The token endpoint said no. Carries the code, never the request's secrets."""
+
+    def __init__(self, what: str, status: int, data: dict[str, Any]) -> None:
+        self.status, self.code = status, error_code(data)
+        self.reason = error_text(data) or f"HTTP {status}"
+        super().__init__(f"{what} failed: {self.reason}")
+
+
+async def _readline() -> str:
+    import asyncio
+    import sys
+
+    return await asyncio.to_thread(sys.stdin.readline)

@@ -1,0 +1,76 @@
+"""OpenAI Codex (ChatGPT Plus/Pro): auth code + PKCE against auth.openai.com with the
+Codex CLI's client; the ChatGPT account id comes from the id_token (providers.md §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..credential import Credential, jwt_claims
+from .base import LoginContext, Provider
+
+_AUTH_CLAIM = "https://api.openai.com/auth"
+
+
+class Codex(Provider):
+    async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
+        return self._with_claims(self.credential(ctx.bucket, tokens), tokens)
+
+    async def refresh(
+        self, http: httpx.AsyncClient, endpoints: Mapping[str, str], cred: Credential
+    ) -> Credential:
+        fresh = await super().refresh(http, endpoints, cred)
+        return self._with_claims(fresh, {"access_token": fresh.token})
+
+    def _with_claims(self, cred: Credential, tokens: dict[str, Any]) -> Credential:
+        """Account id and email from the id_token (as the official CLI reads them), else from
+        the access token; expiry from the access token when `expires_in` was absent."""
+        claims = jwt_claims(str(tokens.get("id_token") or "")) or jwt_claims(cred.token)
+        auth = claims.get(_AUTH_CLAIM) or jwt_claims(cred.token).get(_AUTH_CLAIM) or {}
+        extra = dict(cred.extra)
+        for key in ("chatgpt_account_id", "chatgpt_plan_type"):
+            if isinstance(auth, dict) and auth.get(key):
+                extra[key.removeprefix("chatgpt_")] = str(auth[key])
+        update: dict[str, Any] = {"extra": extra}
+        if claims.get("email"):
+            update["account"] = str(claims["email"])
+        exp = jwt_claims(cred.token).get("exp")
+        if cred.expires_at is None and isinstance(exp, int | float):
+            update["expires_at"] = float(exp)
+        return cred.model_copy(update=update)
+
+    def api_headers(self, cred: Credential) -> dict[str, str]:
+        headers = {"originator": "codex_cli_rs"}
+        if cred.extra.get("account_id"):
+            headers["chatgpt-account-id"] = cred.extra["account_id"]
+        return headers
+
+
+PROVIDER = Codex(
+    name="codex",
+    title="ChatGPT (Codex)",
+    flow="auth_code",
+    client_id="app_EMoamEEZ73f0CkXaXp7hrann",
+    scopes=("openid", "profile", "email", "offline_access"),
+    endpoints={
+        "authorize": "https://auth.openai.com/oauth/authorize",
+        "token": "https://auth.openai.com/oauth/token",
+        "redirect_uri": "http://localhost:1455/auth/callback",
+        "device_usercode": "https://auth.openai.com/api/accounts/deviceauth/usercode",
+        "device_token": "https://auth.openai.com/api/accounts/deviceauth/token",
+        "device_verification": "https://auth.openai.com/codex/device",
+        "device_redirect_uri": "https://auth.openai.com/deviceauth/callback",
+        "api": "https://chatgpt.com/backend-api/codex",
+    },
+    authorize_params={
+        "id_token_add_organizations": "true",
+        "codex_cli_simplified_flow": "true",
+        "originator": "codex_cli_rs",
+    },
+    # The official CLI's Hydra allow-list has 1455 and 1457 for this client.
+    fallback_ports=(1457,),
+    refresh_format="json",  # as the official CLI sends it
+    api_hosts=("chatgpt.com",),
+)

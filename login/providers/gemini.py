@@ -1,0 +1,29 @@
+"""Gemini Code Assist via Google login, with gemini-cli's OAuth client (providers.md §3).
+
+The individual ("Login with Google") tier ended 2026-06-18; Code Assist Standard and
+Enterprise accounts with a Google Cloud project still work.
+"""
+
+from .google import GOOGLE_AUTH, GOOGLE_AUTHORIZE_PARAMS, GOOGLE_SCOPES, GoogleProvider
+
+PROVIDER = GoogleProvider(
+    name="gemini",
+    title="Gemini Code Assist",
+    flow="auth_code",
+    client_id="681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com",
+    client_secret="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",
+    scopes=GOOGLE_SCOPES,
+    endpoints={
+        **GOOGLE_AUTH,
+        # Port 0: any free loopback port, as gemini-cli does.
+        "redirect_uri": "http://127.0.0.1:0/oauth2callback",
+        "code_assist": "https://cloudcode-pa.googleapis.com",
+    },
+    authorize_params=GOOGLE_AUTHORIZE_PARAMS,
+    ide_metadata={
+        "ideType": "IDE_UNSPECIFIED",
+        "platform": "PLATFORM_UNSPECIFIED",
+        "pluginType": "GEMINI",
+    },
+    api_hosts=("cloudcode-pa.googleapis.com",),
+)

@@ -1,0 +1,136 @@
+"""What Gemini Code Assist and Antigravity share: Google's loopback OAuth and the Code Assist
+project discovery of gemini-cli's `setup.ts` (providers.md §3.4, §4.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..credential import Credential
+from ..errors import LoginError
+from ..flows.http import body_of, error_text, send
+from .base import LoginContext, Provider
+
+
+class GoogleProvider(Provider):
+    # loadCodeAssist/onboardUser metadata that identifies the client.
+    ide_metadata: dict[str, str]
+    # Project used when Code Assist names none (Antigravity's public fallback).
+    fallback_project: str | None = None
+
+    async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
+        cred = self.credential(ctx.bucket, tokens)
+        email = await self._email(ctx.http, ctx.endpoints, cred.token)
+        project, tier = await self.discover_project(ctx, cred.token)
+        extra = {**cred.extra, "project": project}
+        if tier:
+            extra["tier"] = tier
+        return cred.model_copy(update={"account": email, "extra": extra})
+
+    async def _email(
+        self, http: httpx.AsyncClient, endpoints: Mapping[str, str], token: str
+    ) -> str | None:
+        req = http.build_request("GET", endpoints["userinfo"], headers=_bearer(token))
+        resp = await send(http, req, "reading the Google account")
+        email = body_of(resp).get("email") if resp.status_code == 200 else None
+        return str(email) if email else None
+
+    async def discover_project(self, ctx: LoginContext, token: str) -> tuple[str, str | None]:
+        """gemini-cli's setup: loadCodeAssist, else onboardUser on the default tier and poll
+        the long-running operation for the project it made."""
+        env_project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get(
+            "GOOGLE_CLOUD_PROJECT_ID"
+        )
+        metadata: dict[str, str] = dict(self.ide_metadata)
+        if env_project:
+            metadata["duetProject"] = env_project
+        body: dict[str, Any] = {"metadata": metadata}
+        if env_project:
+            body["cloudaicompanionProject"] = env_project
+        loaded = await self._call(ctx, token, "loadCodeAssist", body)
+        current = loaded.get("currentTier")
+        if current:
+            project = _project_id(loaded.get("cloudaicompanionProject")) or env_project
+            if not project:
+                project = self._no_project(loaded)
+            return project, str(current.get("id") or "") or None
+        tiers = [t for t in loaded.get("allowedTiers") or [] if isinstance(t, dict)]
+        if not tiers:
+            raise LoginError(_ineligible(loaded, self.title))
+        tier = next((t for t in tiers if t.get("isDefault")), tiers[0])
+        tier_id = str(tier.get("id") or "legacy-tier")
+        onboard: dict[str, Any] = {"tierId": tier_id, "metadata": metadata}
+        # Setting a project on the free tier causes Precondition Failed (gemini-cli setup.ts).
+        if tier_id != "free-tier" and env_project:
+            onboard["cloudaicompanionProject"] = env_project
+        op = await self._call(ctx, token, "onboardUser", onboard)
+        delay = 1.0
+        while not op.get("done"):
+            if not op.get("name"):
+                raise LoginError(f"{self.title}: onboarding returned no operation to wait for")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            op = await self._call(ctx, token, str(op["name"]), None)
+        project = _project_id((op.get("response") or {}).get("cloudaicompanionProject"))
+        return project or env_project or self._no_project(loaded), tier_id
+
+    def _no_project(self, loaded: dict[str, Any]) -> str:
+        if self.fallback_project:
+            return self.fallback_project
+        raise LoginError(
+            f"{self.title}: this account has no Code Assist project; set GOOGLE_CLOUD_PROJECT to "
+            "your Google Cloud project id and log in again"
+        )
+
+    async def _call(
+        self, ctx: LoginContext, token: str, method: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        base = ctx.endpoints["code_assist"].rstrip("/")
+        if body is None:  # a long-running operation: GET v1internal/<name>
+            req = ctx.http.build_request("GET", f"{base}/v1internal/{method}", headers=_bearer(token))
+        else:
+            req = ctx.http.build_request(
+                "POST", f"{base}/v1internal:{method}", json=body, headers=_bearer(token)
+            )
+        resp = await send(ctx.http, req, f"setting up {self.title}")
+        data = body_of(resp)
+        if resp.status_code != 200:
+            raise LoginError(f"{self.title} {method} failed: {error_text(data) or resp.status_code}")
+        return data
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+
+def _project_id(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+def _ineligible(loaded: dict[str, Any], title: str) -> str:
+    reasons = [
+        str(t.get("reasonMessage") or t.get("reasonCode"))
+        for t in loaded.get("ineligibleTiers") or []
+        if isinstance(t, dict)
+    ]
+    why = "; ".join(r for r in reasons if r and r != "None") or "no eligible Code Assist tier"
+    return f"{title}: this Google account cannot use Code Assist: {why}"
+
+
+GOOGLE_AUTH = {
+    "authorize": "https://accounts.google.com/o/oauth2/v2/auth",
+    "token": "https://oauth2.googleapis.com/token",
+    "userinfo": "https://www.googleapis.com/oauth2/v1/userinfo?alt=json",
+}
+GOOGLE_SCOPES = (
+    "https://www.googleapis.com/auth/cloud-platform",
+    "https://www.googleapis.com/auth/userinfo.email",
+    "https://www.googleapis.com/auth/userinfo.profile",
+)
+GOOGLE_AUTHORIZE_PARAMS = {"access_type": "offline", "prompt": "consent"}

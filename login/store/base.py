@@ -1,0 +1,57 @@
+"""The interface both token stores implement."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pydantic import ValidationError
+
+from ..credential import Credential
+from ..errors import CorruptEntry
+
+
+def entry_name(provider: str, bucket: str) -> str:
+    return f"{provider}:{bucket}"
+
+
+class Store(ABC):
+    """Credentials by provider and bucket. Methods block (keyring talks D-Bus, files fsync);
+    async callers run them in a thread."""
+
+    kind: str
+
+    @abstractmethod
+    def _read(self, name: str) -> bytes | None: ...
+
+    @abstractmethod
+    def _write(self, name: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _remove(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Every stored entry as "provider:bucket", sorted."""
+
+    def load(self, provider: str, bucket: str) -> Credential | None:
+        name = entry_name(provider, bucket)
+        data = self._read(name)
+        if data is None:
+            return None
+        try:
+            cred = Credential.from_json(data)
+        except (ValidationError, ValueError):
+            raise CorruptEntry(name, "not a keyswap credential") from None
+        if (cred.provider, cred.bucket) != (provider, bucket):
+            raise CorruptEntry(name, f"it holds {cred.name}")
+        return cred
+
+    def save(self, cred: Credential) -> None:
+        self._write(cred.name, cred.to_json().encode())
+
+    def delete(self, provider: str, bucket: str) -> bool:
+        return self._remove(entry_name(provider, bucket))
+
+    def buckets(self, provider: str) -> list[str]:
+        prefix = f"{provider}:"
+        return [n.removeprefix(prefix) for n in self.names() if n.startswith(prefix)]

@@ -1,0 +1,79 @@
+"""A lock per provider+bucket shared by every keyswap process of this user.
+
+Refresh tokens that rotate are single-use: two processes refreshing the same
+one at once would burn it. Whoever holds this lock re-reads the store before
+refreshing, so the second process finds the first one's new tokens instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+from .paths import data_dir, private_dir
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _lock_path(name: str) -> Path:
+    return private_dir(data_dir() / "locks") / f"{name.replace(':', '.')}.lock"
+
+
+@contextmanager
+def file_lock(name: str) -> Iterator[None]:
+    fd = os.open(_lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _lock(fd)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+@asynccontextmanager
+async def async_file_lock(name: str) -> AsyncIterator[None]:
+    """The same lock without blocking the event loop while another process holds it."""
+    fd = os.open(_lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+    waiting = asyncio.ensure_future(asyncio.to_thread(_lock, fd))
+    try:
+        await asyncio.shield(waiting)
+    except BaseException:
+        # Cancelled while the thread still waits: release once it gets the lock.
+        waiting.add_done_callback(lambda _: _release(fd))
+        raise
+    try:
+        yield
+    finally:
+        _release(fd)
+
+
+def _release(fd: int) -> None:
+    try:
+        _unlock(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
