@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
             "code (automatic over SSH and without a display)",
         )
         p.add_argument(
-            "--timeout", type=float, default=300.0, metavar="SECONDS", help="give up after this long"
+            "--timeout",
+            type=float,
+            default=300.0,
+            metavar="SECONDS",
+            help="give up after this long",
         )
         p.set_defaults(run=_login, provider=name)
 
@@ -138,10 +142,12 @@ def _login(args: argparse.Namespace) -> int:
     service = _service(args)
     ui = Console(no_browser=args.no_browser)
     provider = PROVIDERS[args.provider]
-    cred = _run(service, lambda: service.login(args.provider, args.bucket, ui, timeout=args.timeout))
+    cred = _run(
+        service, lambda: service.login(args.provider, args.bucket, ui, timeout=args.timeout)
+    )
     who = f" as {cred.account}" if cred.account else ""
     ui.done(f"Logged in to {provider.title}{who}")
-    ui.done(f'Stored as {args.provider}:{args.bucket} in the {service.store.kind} store')
+    ui.done(f"Stored as {args.provider}:{args.bucket} in the {service.store.kind} store")
     if "project" in cred.extra:
         ui.done(f"Code Assist project: {cred.extra['project']}")
     return 0
@@ -151,18 +157,22 @@ def _status(args: argparse.Namespace) -> int:
     service = _service(args)
     entries = service.entries(args.provider)
     if args.json:
-        print(json.dumps({"store": service.store.kind, "logins": [_entry_json(e) for e in entries]}, indent=2))
+        print(
+            json.dumps(
+                {"store": service.store.kind, "logins": [_entry_json(e) for e in entries]}, indent=2
+            )
+        )
         return 0
     if not entries:
         which = args.provider or "any provider"
         print(f"Not logged in to {which}. Run `python -m login <provider>` (see --help).")
         return 0
-    rows = [
-        (e.provider, e.bucket, e.account or "-", e.state, _when(e.expires_at)) for e in entries
-    ]
+    rows = [(e.provider, e.bucket, e.account or "-", e.state, _when(e.expires_at)) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
+        )
     for e in entries:
         if e.detail:
             print(f"  {e.provider}:{e.bucket}: {e.detail}")
@@ -205,7 +215,9 @@ def _logout(args: argparse.Namespace) -> int:
     buckets = service.store.buckets(args.provider) if args.all else [args.bucket or DEFAULT_BUCKET]
     removed = [b for b in buckets if service.logout(args.provider, b)]
     if not removed:
-        raise KeyswapError(f"no stored login for {args.provider}" + ("" if args.all else f":{buckets[0]}"))
+        raise KeyswapError(
+            f"no stored login for {args.provider}" + ("" if args.all else f":{buckets[0]}")
+        )
     for bucket in removed:
         print(f"✓ Logged out of {args.provider}:{bucket}", file=sys.stderr)
     return 0

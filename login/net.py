@@ -59,7 +59,11 @@ class _ResolvingTransport(httpx.AsyncBaseTransport):
 
 
 def make_client(
-    config: Config, *, timeout: float = 30.0, proxy: str | None = None, verify: ssl.SSLContext | None = None
+    config: Config,
+    *,
+    timeout: float = 30.0,
+    proxy: str | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     ctx = verify or ssl_context()
     inner = httpx.AsyncHTTPTransport(verify=ctx, proxy=proxy, retries=1)

@@ -27,14 +27,23 @@ from .ui import Console
 
 @dataclass(frozen=True)
 class Access:
-    """A usable access token and the headers its provider wants beside it."""
+    """A usable access token, where it goes, and the headers its provider wants beside it."""
 
     credential: Credential
-    headers: Mapping[str, str] = field(repr=False)
+    provider: Provider = field(repr=False)
+    endpoints: Mapping[str, str] = field(repr=False)
 
     @property
     def token(self) -> str:
         return self.credential.token
+
+    @property
+    def base_url(self) -> str:
+        return self.provider.api_base(self.credential, self.endpoints)
+
+    def headers(self, path: str, client_headers: Mapping[str, str], body: bytes) -> dict[str, str]:
+        extra = self.provider.api_headers(self.credential, path, client_headers, body)
+        return {**extra, "Authorization": f"Bearer {self.token}"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class TokenService:
         self._client = client
         self._cache: dict[str, Credential] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._endpoints: dict[str, dict[str, str]] = {}
 
     @property
     def store(self) -> Store:
@@ -87,7 +97,18 @@ class TokenService:
             await self._client.aclose()
 
     def endpoints(self, provider: str) -> dict[str, str]:
-        return {**get_provider(provider).endpoints, **self.config.provider(provider).endpoints}
+        found = self._endpoints.get(provider)
+        if found is None:
+            overrides = self.config.provider(provider).endpoints
+            found = self._endpoints[provider] = {**get_provider(provider).endpoints, **overrides}
+        return found
+
+    def reconfigure(self, config: Config, client: httpx.AsyncClient | None = None) -> None:
+        """Use a new config (and outbound client); cached tokens stay valid."""
+        self.config = config
+        self._endpoints.clear()
+        if client is not None:
+            self._client = client
 
     # -- the addon's API -----------------------------------------------------------------
 
@@ -99,7 +120,7 @@ class TokenService:
         cred = self._cache.get(name)
         if cred is None or cred.state(p.refresh_skew) != "valid":
             cred = await self.refresh(provider, bucket, force=False)
-        return Access(cred, p.api_headers(cred))
+        return Access(cred, p, self.endpoints(provider))
 
     async def refresh(
         self, provider: str, bucket: str, *, force: bool = True, rejected: str | None = None
@@ -126,7 +147,9 @@ class TokenService:
             self._cache[name] = fresh
             return fresh
 
-    def _usable(self, cred: Credential | None, p: Provider, rejected: str | None) -> Credential | None:
+    def _usable(
+        self, cred: Credential | None, p: Provider, rejected: str | None
+    ) -> Credential | None:
         if cred is None or cred.token == rejected or cred.state(p.refresh_skew) != "valid":
             return None
         return cred
@@ -147,7 +170,13 @@ class TokenService:
     # -- the CLI's API -------------------------------------------------------------------
 
     async def login(
-        self, provider: str, bucket: str, ui: Console, *, timeout: float = 300.0, device: bool = False
+        self,
+        provider: str,
+        bucket: str,
+        ui: Console,
+        *,
+        timeout: float = 300.0,
+        device: bool = False,
     ) -> Credential:
         p = get_provider(provider)
         ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout, device)

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import errno
 import hashlib
+import re
 import secrets
 import sys
 import threading
@@ -43,6 +44,9 @@ def new_state() -> str:
     return secrets.token_urlsafe(32)
 
 
+_CODE = re.compile(r"[A-Za-z0-9._~+/=-]{6,}")
+
+
 @dataclass(frozen=True)
 class Callback:
     code: str | None
@@ -63,10 +67,12 @@ def parse_pasted(text: str) -> Callback | None:
             return None
         return Callback(fields.get("code"), fields.get("state"), fields.get("error"))
     code, _, state = text.partition("#")
+    if not _CODE.fullmatch(code):
+        return None
     return Callback(code, state or None)
 
 
-class _CallbackHandler(RequestHandler):  # type: ignore[misc]
+class _CallbackHandler(RequestHandler):
     def initialize(self, listener: CallbackListener) -> None:
         self.listener = listener
 
@@ -120,8 +126,8 @@ class CallbackListener:
             return listener
         tried = ", ".join(str(p) for p in ports)
         raise LoginError(
-            f"port {tried} on {address} is in use ({last.strerror if last else 'busy'}): is another "
-            "login running? Close it, or run with --no-browser and paste the code"
+            f"port {tried} on {address} is in use ({last.strerror if last else 'busy'}): "
+            "is another login running? Close it, or run with --no-browser and paste the code"
         )
 
     def offer(self, cb: Callback) -> tuple[bool, str]:

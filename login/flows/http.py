@@ -48,4 +48,6 @@ async def send(client: httpx.AsyncClient, request: httpx.Request, what: str) -> 
     except httpx.TimeoutException:
         raise LoginError(f"{what}: {request.url.host} did not answer in time") from None
     except httpx.TransportError as exc:
-        raise LoginError(f"{what}: cannot reach {request.url.host} ({type(exc).__name__})") from None
+        raise LoginError(
+            f"{what}: cannot reach {request.url.host} ({type(exc).__name__})"
+        ) from None

@@ -7,10 +7,11 @@ serialised across processes (the token service does that for every provider).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..credential import Credential
-from .base import LoginContext, Provider
+from .base import LoginContext, Provider, Route
 
 OAUTH_BETA = "oauth-2025-04-20"
 
@@ -26,8 +27,17 @@ class Anthropic(Provider):
         email = account.get("email_address") if isinstance(account, dict) else None
         return cred.model_copy(update={"account": email or cred.account, "extra": extra})
 
-    def api_headers(self, cred: Credential) -> dict[str, str]:
-        return {"anthropic-beta": OAUTH_BETA}
+    def api_headers(
+        self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
+    ) -> dict[str, str]:
+        """The OAuth beta flag merged into whatever betas the client asked for."""
+        betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
+        if OAUTH_BETA not in betas:
+            betas.insert(0, OAUTH_BETA)
+        out = {"anthropic-beta": ",".join(betas)}
+        if "anthropic-version" not in headers:
+            out["anthropic-version"] = "2023-06-01"
+        return out
 
 
 PROVIDER = Anthropic(
@@ -53,5 +63,7 @@ PROVIDER = Anthropic(
     authorize_params={"code": "true"},
     token_format="json",
     send_state_in_exchange=True,
-    api_hosts=("api.anthropic.com",),
+    callback="paste",
+    routes=(Route(hosts=("api.anthropic.com",), dialect="anthropic"),),
+    native_hosts=("api.anthropic.com",),
 )

@@ -20,9 +20,12 @@ PROVIDER = GoogleProvider(
         "code_assist": "https://daily-cloudcode-pa.googleapis.com",
     },
     authorize_params=GOOGLE_AUTHORIZE_PARAMS,
-    ide_metadata={"ideType": "ANTIGRAVITY", "platform": "PLATFORM_UNSPECIFIED", "pluginType": "GEMINI"},
+    ide_metadata={
+        "ideType": "ANTIGRAVITY",
+        "platform": "PLATFORM_UNSPECIFIED",
+        "pluginType": "GEMINI",
+    },
     fallback_project="rising-fact-p41fc",
     # CPA refreshes Antigravity tokens 50 minutes early.
     refresh_skew=3000.0,
-    api_hosts=("daily-cloudcode-pa.googleapis.com", "cloudcode-pa.googleapis.com"),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -29,6 +29,25 @@ _DEAD_GRANT = {
     "refresh_token_expired",
     "refresh_token_invalidated",
 }
+
+
+Dialect = Literal["openai", "anthropic", "google"]
+
+
+class Route(BaseModel):
+    """Requests to `hosts` whose path starts with one of `prefixes` carry this provider's
+    token to `{api base}` + the path without `strip`. `dialect` is the API shape the client
+    speaks (for error bodies)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hosts: tuple[str, ...]
+    prefixes: tuple[str, ...] = ("/",)
+    strip: str = ""
+    dialect: Dialect
+
+    def matches(self, host: str, path: str) -> bool:
+        return host in self.hosts and any(path.startswith(p) for p in self.prefixes)
 
 
 @dataclass
@@ -57,12 +76,18 @@ class Provider(BaseModel):
     refresh_format: Literal["form", "json"] | None = None  # None: as token_format
     send_state_in_exchange: bool = False
     fallback_ports: tuple[int, ...] = ()
+    # "loopback": the code comes to a listener on the redirect URI (or is pasted);
+    # "paste": the provider's page shows the code and the user pastes it.
+    callback: Literal["loopback", "paste"] = "loopback"
     # Refresh this many seconds before the access token expires.
     refresh_skew: float = 300.0
-    # Hosts whose API accepts this provider's tokens (the addon delivers only there).
+    # Where a placeholder for this provider may be sent, and where it is delivered.
+    routes: tuple[Route, ...] = ()
+    # Hosts where a bare `oauth` placeholder means this provider.
+    native_hosts: tuple[str, ...] = ()
+    # Hosts the token may be delivered to, besides the `api` endpoint's host; a leading
+    # "." admits subdomains.
     api_hosts: tuple[str, ...] = ()
-
-    note: ClassVar[str] = ""
 
     # -- login ---------------------------------------------------------------------------
 
@@ -75,7 +100,9 @@ class Provider(BaseModel):
 
     async def _device_login(self, ctx: LoginContext) -> dict[str, Any]:
         scope = " ".join(self.scopes)
-        code = await device.request_code(ctx.http, ctx.endpoints["device_code"], self.client_id, scope)
+        code = await device.request_code(
+            ctx.http, ctx.endpoints["device_code"], self.client_id, scope
+        )
         ctx.ui.step(f"First copy your one-time code: {code.user_code}")
         url = code.verification_uri
         host = httpx.URL(url).host
@@ -93,8 +120,11 @@ class Provider(BaseModel):
         pkce, state = authcode.Pkce.new(), authcode.new_state()
         redirect_uri = ctx.endpoints["redirect_uri"]
         listener = None
-        if authcode.listens(redirect_uri):
-            listener = authcode.CallbackListener.bind(redirect_uri, state, self.fallback_ports)
+        if self.callback == "loopback" and authcode.listens(redirect_uri):
+            # The fallback ports are registered only beside the default redirect URI.
+            default = redirect_uri == self.endpoints.get("redirect_uri")
+            fallback = self.fallback_ports if default else ()
+            listener = authcode.CallbackListener.bind(redirect_uri, state, fallback)
             redirect_uri = listener.redirect_uri
         params = {
             **self.authorize_params,
@@ -158,8 +188,12 @@ class Provider(BaseModel):
             )
         except _Rejected as exc:
             if exc.code in _DEAD_GRANT or exc.status in (400, 401):
-                raise NeedsLogin(self.name, cred.bucket, f"refresh refused ({exc.reason})") from None
-            raise RefreshFailed(f"{self.name}/{cred.bucket}: refresh failed ({exc.reason})") from None
+                raise NeedsLogin(
+                    self.name, cred.bucket, f"refresh refused ({exc.reason})"
+                ) from None
+            raise RefreshFailed(
+                f"{self.name}/{cred.bucket}: refresh failed ({exc.reason})"
+            ) from None
         except LoginError as exc:
             raise RefreshFailed(f"{self.name}/{cred.bucket}: {exc}") from None
         return self.credential(cred.bucket, tokens, previous=cred)
@@ -204,8 +238,25 @@ class Provider(BaseModel):
             updated_at=time.time(),
         )
 
-    def api_headers(self, cred: Credential) -> dict[str, str]:
-        """Headers the provider's API wants next to the token (used by the addon)."""
+    # -- API requests (used by the addon) ------------------------------------------------
+
+    def api_base(self, cred: Credential, endpoints: Mapping[str, str]) -> str:
+        return endpoints["api"].rstrip("/")
+
+    def may_deliver_to(self, host: str, endpoints: Mapping[str, str]) -> bool:
+        """Whether a token of this provider may be sent to `host`."""
+        if host == httpx.URL(endpoints.get("api", "")).host:
+            return True
+        return any(
+            host == allowed or (allowed.startswith(".") and host.endswith(allowed))
+            for allowed in self.api_hosts
+        )
+
+    def api_headers(
+        self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
+    ) -> dict[str, str]:
+        """Headers to set on an API request beside `Authorization: Bearer <token>`.
+        `headers` are the client's (credentials already removed)."""
         return {}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from ..credential import Credential, jwt_claims
-from .base import LoginContext, Provider
+from .base import LoginContext, Provider, Route
 
 _AUTH_CLAIM = "https://api.openai.com/auth"
 
@@ -41,11 +41,13 @@ class Codex(Provider):
             update["expires_at"] = float(exp)
         return cred.model_copy(update=update)
 
-    def api_headers(self, cred: Credential) -> dict[str, str]:
-        headers = {"originator": "codex_cli_rs"}
+    def api_headers(
+        self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
+    ) -> dict[str, str]:
+        out = {"originator": headers.get("originator") or "codex_cli_rs"}
         if cred.extra.get("account_id"):
-            headers["chatgpt-account-id"] = cred.extra["account_id"]
-        return headers
+            out["chatgpt-account-id"] = cred.extra["account_id"]
+        return out
 
 
 PROVIDER = Codex(
@@ -72,5 +74,19 @@ PROVIDER = Codex(
     # The official CLI's Hydra allow-list has 1455 and 1457 for this client.
     fallback_ports=(1457,),
     refresh_format="json",  # as the official CLI sends it
-    api_hosts=("chatgpt.com",),
+    routes=(
+        Route(
+            hosts=("chatgpt.com",),
+            prefixes=("/backend-api/codex/",),
+            strip="/backend-api/codex",
+            dialect="openai",
+        ),
+        Route(
+            hosts=("api.openai.com",),
+            prefixes=("/v1/responses", "/v1/models"),
+            strip="/v1",
+            dialect="openai",
+        ),
+    ),
+    native_hosts=("chatgpt.com", "api.openai.com"),
 )

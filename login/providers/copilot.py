@@ -3,7 +3,9 @@ short-lived Copilot token (providers.md §1)."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +15,7 @@ from pydantic import SecretStr
 from ..credential import Credential
 from ..errors import LoginError, NeedsLogin, RefreshFailed
 from ..flows.http import body_of, send
-from .base import LoginContext, Provider
+from .base import LoginContext, Provider, Route
 
 # The VS Code Copilot Chat profile (ericc copilot-api, litellm).
 EDITOR_HEADERS = {
@@ -96,11 +98,81 @@ class Copilot(Provider):
             updated_at=time.time(),
         )
 
-    def api_headers(self, cred: Credential) -> dict[str, str]:
-        return {**EDITOR_HEADERS, "Copilot-Integration-Id": "vscode-chat"}
+    def api_base(self, cred: Credential, endpoints: Mapping[str, str]) -> str:
+        """The API host the Copilot token names (individual/business/enterprise)."""
+        return (cred.extra.get("api") or endpoints["api"]).rstrip("/")
+
+    def api_headers(
+        self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
+    ) -> dict[str, str]:
+        messages = path.endswith("/v1/messages")
+        request = _json_object(body)
+        out = {
+            **EDITOR_HEADERS,
+            "Copilot-Integration-Id": "vscode-chat",
+            "Openai-Intent": "messages-proxy" if messages else "conversation-panel",
+            "X-Initiator": initiator(request),
+            "X-Request-Id": str(uuid.uuid4()),
+        }
+        if messages and "anthropic-version" not in headers:
+            out["anthropic-version"] = "2023-06-01"
+        if _has_image(request):
+            out["Copilot-Vision-Request"] = "true"
+        return out
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    if not body or body[:1] not in (b"{", b" ", b"\n"):
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def initiator(request: dict[str, Any]) -> str:
+    """`user` when the request answers a person's new message, `agent` when it continues
+    the model's own work (a tool result, an assistant turn). Copilot bills premium requests
+    only for `user`, so this must be right both ways."""
+    items = request.get("messages") or request.get("input")
+    if not isinstance(items, list) or not items:
+        return "user"
+    last = items[-1]
+    if not isinstance(last, dict):
+        return "user"
+    if last.get("role", "user") != "user" or last.get("type") in _AGENT_ITEMS:
+        return "agent"
+    content = last.get("content")
+    if isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("type") == "tool_result" for part in content
+    ):
+        return "agent"
+    return "user"
+
+
+_AGENT_ITEMS = {"function_call_output", "function_call", "reasoning", "custom_tool_call_output"}
+
+
+def _has_image(request: dict[str, Any]) -> bool:
+    for item in request.get("messages") or request.get("input") or []:
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(p, dict) and p.get("type") in ("image_url", "image", "input_image")
+            for p in content
+        ):
+            return True
+    return False
 
 
 _JSON = {"Accept": "application/json"}
+
+_HOSTS = (
+    "api.githubcopilot.com",
+    "api.individual.githubcopilot.com",
+    "api.business.githubcopilot.com",
+    "api.enterprise.githubcopilot.com",
+)
 
 PROVIDER = Copilot(
     name="copilot",
@@ -118,10 +190,18 @@ PROVIDER = Copilot(
     },
     # ~30 min tokens; re-mint at ~25 min like the editors do.
     refresh_skew=300.0,
-    api_hosts=(
-        "api.githubcopilot.com",
-        "api.individual.githubcopilot.com",
-        "api.business.githubcopilot.com",
-        "api.enterprise.githubcopilot.com",
+    routes=(
+        Route(hosts=_HOSTS, prefixes=("/v1/messages",), dialect="anthropic"),
+        Route(hosts=_HOSTS, dialect="openai"),
+        Route(
+            hosts=("api.openai.com",),
+            prefixes=("/v1/chat/completions", "/v1/responses", "/v1/models", "/v1/embeddings"),
+            strip="/v1",
+            dialect="openai",
+        ),
+        Route(hosts=("api.anthropic.com",), prefixes=("/v1/messages",), dialect="anthropic"),
     ),
+    native_hosts=_HOSTS,
+    # The Copilot token names its API host (api.individual.githubcopilot.com, ...).
+    api_hosts=(".githubcopilot.com",),
 )

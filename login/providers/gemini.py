@@ -20,10 +20,10 @@ PROVIDER = GoogleProvider(
         "code_assist": "https://cloudcode-pa.googleapis.com",
     },
     authorize_params=GOOGLE_AUTHORIZE_PARAMS,
+    native_hosts=("generativelanguage.googleapis.com",),
     ide_metadata={
         "ideType": "IDE_UNSPECIFIED",
         "platform": "PLATFORM_UNSPECIFIED",
         "pluginType": "GEMINI",
     },
-    api_hosts=("cloudcode-pa.googleapis.com",),
 )

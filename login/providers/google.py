@@ -91,7 +91,9 @@ class GoogleProvider(Provider):
     ) -> dict[str, Any]:
         base = ctx.endpoints["code_assist"].rstrip("/")
         if body is None:  # a long-running operation: GET v1internal/<name>
-            req = ctx.http.build_request("GET", f"{base}/v1internal/{method}", headers=_bearer(token))
+            req = ctx.http.build_request(
+                "GET", f"{base}/v1internal/{method}", headers=_bearer(token)
+            )
         else:
             req = ctx.http.build_request(
                 "POST", f"{base}/v1internal:{method}", json=body, headers=_bearer(token)
@@ -99,7 +101,9 @@ class GoogleProvider(Provider):
         resp = await send(ctx.http, req, f"setting up {self.title}")
         data = body_of(resp)
         if resp.status_code != 200:
-            raise LoginError(f"{self.title} {method} failed: {error_text(data) or resp.status_code}")
+            raise LoginError(
+                f"{self.title} {method} failed: {error_text(data) or resp.status_code}"
+            )
         return data
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from .paths import data_dir, private_dir
 
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
     def _lock(fd: int) -> None:
@@ -37,7 +38,7 @@ else:
 
 
 def _lock_path(name: str) -> Path:
-    return private_dir(data_dir() / "locks") / f"{name.replace(':', '.')}.lock"
+    return private_dir(private_dir(data_dir()) / "locks") / f"{name.replace(':', '.')}.lock"
 
 
 @contextmanager

@@ -1,0 +1,14 @@
+"""The script mitmdump loads: `mitmdump -s addon/inject.py`."""
+
+import sys
+from pathlib import Path
+
+# Importable whether or not keyswap is installed, and from any working directory.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from addon.keyswap import Injector, Settings  # noqa: E402
+
+_settings = Settings()
+addons = [_settings, Injector(_settings)]

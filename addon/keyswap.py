@@ -1,0 +1,320 @@
+"""The mitmproxy addons: config, injection, and the bookkeeping around them."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import server_hooks
+
+from login.config import Config, default_config_path, is_loopback_host, load_config
+from login.errors import KeyswapError
+from login.net import make_client, ssl_context
+from login.providers import PROVIDERS
+from login.providers.base import Dialect, Provider
+from login.tokens import TokenService
+
+from . import placeholder
+from .buckets import Rotation
+from .errors import error_body, error_headers
+from .relay import TICKET_HEADER, Job, Relay
+
+log = logging.getLogger(__name__)
+
+_NATIVE = {host: p for p in PROVIDERS.values() for host in p.native_hosts}
+_POLL_SECONDS = 1.0
+
+
+class Settings:
+    """The `keyswap_config` option: loads and validates the config file, reloads it when it
+    changes, and keeps the last good one when a new one is invalid."""
+
+    def __init__(self) -> None:
+        self.config = Config()
+        self.path: Path | None = None
+        self._mtime: float | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "keyswap_config",
+            str,
+            "",
+            "keyswap's config file (TOML). Default: $KEYSWAP_CONFIG, else the user config "
+            "dir's keyswap/config.toml.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "keyswap_config" not in updated:
+            return
+        explicit = ctx.options.keyswap_config or None
+        try:
+            self.config = load_config(explicit)
+        except KeyswapError as exc:
+            raise exceptions.OptionsError(str(exc)) from None  # type: ignore[no-untyped-call]
+        self.path = Path(explicit) if explicit else default_config_path()
+        self._mtime = _mtime(self.path)
+
+    def changed(self) -> bool:
+        """Reload if the file changed; True when a new config took effect."""
+        if self.path is None:
+            return False
+        mtime = _mtime(self.path)
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            self.config = load_config(str(self.path) if mtime is not None else None)
+        except KeyswapError as exc:
+            log.error("keyswap: %s; keeping the last good config", exc)
+            return False
+        log.info("keyswap: reloaded %s", self.path)
+        return True
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+class Injector:
+    """Finds placeholder keys and hands the request to the relay, which adds the token."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rotation = Rotation()
+        self.tokens = TokenService(settings.config)
+        self.relay = Relay(lambda: self.tokens, self.rotation)
+        self.buckets: dict[str, list[str]] = {}
+        self._saved: dict[str, tuple[http.Request, str]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def configure(self, updated: set[str]) -> None:
+        tls = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "mode", "keyswap_config"}
+        if updated & tls:
+            self._reconfigure()
+
+    def _reconfigure(self) -> None:
+        config = self.settings.config
+        self.relay.cooldown = config.proxy.cooldown
+        verify, proxy = _verify(), _upstream_proxy()
+        old = [c for c in (self.relay.client, self.tokens._client) if c is not None]
+        self.relay.client = make_client(config, timeout=600.0, proxy=proxy, verify=verify)
+        self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=verify))
+        for client in old:
+            asyncio.get_running_loop().create_task(client.aclose())
+
+    def running(self) -> None:
+        port = self.relay.start()
+        log.debug("keyswap: relay on 127.0.0.1:%d", port)
+        self._task = asyncio.get_running_loop().create_task(self._maintain())
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.relay.stop()
+
+    async def _maintain(self) -> None:
+        """Pick up config edits and new logins while running."""
+        while True:
+            try:
+                if self.settings.changed():
+                    self._reconfigure()
+                store = await asyncio.to_thread(lambda: self.tokens.store)
+                names = await asyncio.to_thread(store.names)
+                found: dict[str, list[str]] = {}
+                for name in names:
+                    prov, _, bucket = name.partition(":")
+                    found.setdefault(prov, []).append(bucket)
+                self.buckets = found
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("keyswap: cannot read the token store: %s", exc)
+            await asyncio.sleep(_POLL_SECONDS)
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """`[resolve]` applies to mitmproxy's own upstream connections too."""
+        if data.server.address is None:
+            return
+        host, port = data.server.address[:2]
+        target = self.settings.config.resolve_target(str(host), int(port))
+        if target is not None:
+            data.server.sni = data.server.sni or str(host)
+            data.server.address = target
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        found = placeholder.find(flow.request)
+        if found is None:
+            return
+        try:
+            self._inject(flow, found)
+        except Exception:
+            # Never let the placeholder or a half-built request go upstream.
+            log.exception("keyswap: internal error")
+            _answer(
+                flow,
+                _dialect_for(flow.request.pretty_host),
+                500,
+                "internal error; see the proxy's log",
+            )
+
+    def _inject(self, flow: http.HTTPFlow, found: placeholder.Placeholder) -> None:
+        req = flow.request
+        host = req.pretty_host
+        dialect = _dialect_for(host)
+        config = self.settings.config
+        if not config.proxy.allow_remote and not _is_loopback(flow):
+            _answer(
+                flow, dialect, 403, "placeholder keys are served only to clients on this machine"
+            )
+            return
+        provider = self._provider(found, host)
+        if provider is None:
+            _answer(flow, dialect, 400, _unknown(found, host))
+            return
+        if not config.provider(provider.name).enabled:
+            _answer(flow, dialect, 401, f"oauth for {provider.name} is disabled in the config")
+            return
+        if req.scheme != "https":
+            _answer(flow, dialect, 403, "placeholder keys are served only over https")
+            return
+        route = next((r for r in provider.routes if r.matches(host, req.path.split("?")[0])), None)
+        if route is None:
+            where = f"{host}{req.path.split('?')[0]}"
+            _answer(flow, dialect, 403, f"{provider.name} tokens are not sent to {where}")
+            return
+        if found.bucket:
+            buckets, pinned = [found.bucket], True
+        else:
+            settings = config.provider(provider.name)
+            available = settings.buckets or self.buckets.get(provider.name, [])
+            strategy = settings.strategy or config.proxy.strategy
+            buckets = self.rotation.plan(provider.name, list(available), strategy)
+            # Cooling buckets go last: they are used only if nothing else is left.
+            buckets += [b for b in available if b not in buckets]
+            pinned = False
+        query = [
+            (k, v)
+            for k, v in req.query.items(multi=True)
+            if not (k == "key" and placeholder.parse(v))
+        ]
+        job = Job(
+            provider=provider,
+            route=route,
+            buckets=buckets,
+            pinned=pinned,
+            method=req.method,
+            path=req.path.split("?")[0],
+            query=_encode(query),
+            headers=[
+                (k, v)
+                for k, v in req.headers.items(multi=True)  # type: ignore[no-untyped-call]
+                if k.lower() not in placeholder.KEY_HEADERS and k.lower() not in _NOT_FORWARDED
+            ],
+            body=req.raw_content or b"",
+        )
+        ticket = self.relay.submit(job)
+        # Point the flow at the relay; the original comes back once the response starts.
+        self._saved[flow.id] = (req.copy(), ticket)
+        req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
+        req.headers[TICKET_HEADER] = ticket
+        req.content = b""
+
+    def _provider(self, found: placeholder.Placeholder, host: str) -> Provider | None:
+        if found.provider is None:
+            return _NATIVE.get(host)
+        return PROVIDERS.get(found.provider)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if self._restore(flow) and flow.response is not None:
+            flow.response.stream = True
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
+
+    def _restore(self, flow: http.HTTPFlow) -> bool:
+        saved = self._saved.pop(flow.id, None)
+        if saved is None:
+            return False
+        original, ticket = saved
+        self.relay.drop(ticket)
+        flow.request.data = original.data
+        return True
+
+
+_NOT_FORWARDED = {"proxy-authorization", "proxy-connection", "connection", "keep-alive", "te"}
+
+
+def _encode(query: list[tuple[str, str]]) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode(query)
+
+
+def _unknown(found: placeholder.Placeholder, host: str) -> str:
+    if found.provider:
+        known = ", ".join(sorted(PROVIDERS))
+        return f"unknown provider {found.provider!r} in the placeholder (known: {known})"
+    return f"a bare `oauth` key names no provider on {host}; use oauth:<provider>"
+
+
+def _is_loopback(flow: http.HTTPFlow) -> bool:
+    peer = flow.client_conn.peername
+    if not peer:
+        return False
+    try:
+        addr = ipaddress.ip_address(str(peer[0]).split("%")[0])
+    except ValueError:
+        return is_loopback_host(str(peer[0]))
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def _dialect_for(host: str) -> Dialect:
+    if host.endswith("anthropic.com"):
+        return "anthropic"
+    if host.endswith("googleapis.com"):
+        return "google"
+    return "openai"
+
+
+def _answer(flow: http.HTTPFlow, dialect: Dialect, status: int, message: str) -> None:
+    log.info(
+        "keyswap: %s %s -> %d: %s", flow.request.method, flow.request.pretty_host, status, message
+    )
+    flow.response = http.Response.make(
+        status, error_body(dialect, status, message), error_headers()
+    )
+
+
+def _verify() -> ssl.SSLContext:
+    """certifi + system roots + SSL_CERT_FILE, plus mitmproxy's own upstream trust options."""
+    opts = ctx.options
+    extra = [opts.ssl_verify_upstream_trusted_ca] if opts.ssl_verify_upstream_trusted_ca else []
+    context = ssl_context(extra)
+    if opts.ssl_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _upstream_proxy() -> str | None:
+    """mitmproxy's `upstream:` mode, which our own outbound requests honour too."""
+    for mode in ctx.options.mode:
+        if mode.startswith("upstream:"):
+            return str(mode).removeprefix("upstream:")
+    return None

@@ -1,0 +1,319 @@
+"""The loopback relay that carries every injected request upstream.
+
+mitmproxy cannot re-send a flow or stream a body an addon produces, so a request
+that needs a token is pointed at this relay (tornado, on 127.0.0.1, one-shot
+tickets). The relay adds the token, calls the provider with httpx, rotates to
+the next bucket on 429 and refreshes once on 401, and streams the winning
+response back chunk by chunk — also after a retry. The token never enters
+mitmproxy's flow, so no view, dump or log can show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from tornado.httpserver import HTTPServer
+from tornado.iostream import StreamClosedError
+from tornado.netutil import bind_sockets
+from tornado.web import Application, RequestHandler
+
+from login.config import is_loopback_host
+from login.errors import KeyswapError, NeedsLogin
+from login.providers.base import Provider, Route
+from login.tokens import TokenService
+
+from .buckets import Rotation
+from .errors import error_body, error_headers
+from .ratelimit import reset_after
+
+log = logging.getLogger(__name__)
+
+TICKET_HEADER = "x-keyswap-ticket"
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+_MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass
+class Job:
+    """One client request waiting for the relay, with the credentials already removed."""
+
+    provider: Provider
+    route: Route
+    buckets: list[str]
+    pinned: bool
+    method: str
+    path: str  # the client's path, e.g. /v1/chat/completions
+    query: str  # without any `key=` placeholder
+    headers: list[tuple[str, str]]
+    body: bytes
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def upstream_path(self) -> str:
+        rest = self.path.removeprefix(self.route.strip)
+        return rest + (f"?{self.query}" if self.query else "")
+
+
+@dataclass
+class Answer:
+    """What the relay sends back: an upstream response to stream, or its own error."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    upstream: httpx.Response | None = None
+    body: bytes = b""
+
+
+class Relay:
+    def __init__(self, tokens: Callable[[], TokenService], rotation: Rotation) -> None:
+        self._tokens = tokens
+        self.rotation = rotation
+        self._jobs: dict[str, Job] = {}
+        self._server: HTTPServer | None = None
+        self.port = 0
+        self.cooldown = 60.0
+        self.client: httpx.AsyncClient | None = None
+
+    def start(self) -> int:
+        sockets = bind_sockets(0, "127.0.0.1")
+        app = Application([(r".*", _RelayHandler, {"relay": self})], compress_response=False)
+        self._server = HTTPServer(app, idle_connection_timeout=120, decompress_request=False)
+        self._server.add_sockets(sockets)
+        self.port = int(sockets[0].getsockname()[1])
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def submit(self, job: Job) -> str:
+        self._expire()
+        ticket = secrets.token_urlsafe(24)
+        self._jobs[ticket] = job
+        return ticket
+
+    def take(self, ticket: str) -> Job | None:
+        return self._jobs.pop(ticket, None)
+
+    def drop(self, ticket: str) -> None:
+        self._jobs.pop(ticket, None)
+
+    def _expire(self) -> None:
+        """Tickets whose flow died before reaching the relay must not pile up."""
+        if len(self._jobs) < 256:
+            return
+        old = time.monotonic() - 300
+        for ticket in [t for t, j in self._jobs.items() if j.created < old]:
+            del self._jobs[ticket]
+
+    # -- the retry loop ------------------------------------------------------------------
+
+    async def run(self, job: Job) -> Answer:
+        tokens = self._tokens()
+        provider = job.provider.name
+        dialect = job.route.dialect
+        needs_login: list[str] = []
+        failures: list[str] = []
+        for bucket in job.buckets:
+            if not job.pinned and self.rotation.cooling_until(provider, bucket):
+                continue
+            try:
+                access = await tokens.access(provider, bucket)
+            except NeedsLogin as exc:
+                needs_login.append(str(exc))
+                continue
+            except KeyswapError as exc:
+                failures.append(str(exc))
+                continue
+            resp = await self._send(job, access)
+            if resp.status_code == 401:
+                await resp.aclose()
+                try:
+                    await tokens.refresh(provider, bucket, force=False, rejected=access.token)
+                    access = await tokens.access(provider, bucket)
+                except NeedsLogin as exc:
+                    needs_login.append(str(exc))
+                    continue
+                except KeyswapError as exc:
+                    failures.append(str(exc))
+                    continue
+                resp = await self._send(job, access)
+            if resp.status_code == 429 and not job.pinned:
+                body = await _read_some(resp)
+                wait = reset_after(resp.headers, body)
+                self.rotation.cool(provider, bucket, wait if wait is not None else self.cooldown)
+                log.info(
+                    "keyswap: %s/%s is rate limited for %d s; trying the next bucket",
+                    provider,
+                    bucket,
+                    int(wait if wait is not None else self.cooldown),
+                )
+                continue
+            self.rotation.served[provider, bucket] += 1
+            return Answer(resp.status_code, _response_headers(resp), upstream=resp)
+        return self._nothing_left(job, dialect, needs_login, failures)
+
+    def _nothing_left(
+        self, job: Job, dialect: Any, needs_login: list[str], failures: list[str]
+    ) -> Answer:
+        provider = job.provider.name
+        wait = self.rotation.soonest(provider, job.buckets)
+        if wait is not None:
+            n = len(job.buckets)
+            msg = (
+                f"every {provider} bucket ({n}) is rate limited; the next is free in "
+                f"{int(wait) + 1} s. Add an account with `python -m login {provider} <name>`"
+            )
+            return _error(dialect, 429, msg, retry_after=wait)
+        if needs_login:
+            return _error(dialect, 401, "; ".join(needs_login))
+        if failures:
+            return _error(dialect, 503, "; ".join(failures))
+        return _error(
+            dialect, 401, f"not logged in to {provider}; run `python -m login {provider}`"
+        )
+
+    async def _send(self, job: Job, access: Any) -> httpx.Response:
+        assert self.client is not None
+        base = access.base_url
+        url = httpx.URL(base + job.upstream_path)
+        if not self._deliverable(job.provider, url, access.endpoints):
+            raise KeyswapError(f"refusing to send a {job.provider.name} token to {url.host}")
+        client_headers = {k.lower(): v for k, v in job.headers}
+        headers = [(k, v) for k, v in job.headers]
+        extra = access.headers(job.path, client_headers, job.body)
+        lower_extra = {k.lower() for k in extra}
+        headers = [(k, v) for k, v in headers if k.lower() not in lower_extra]
+        headers.extend(extra.items())
+        request = self.client.build_request(job.method, url, headers=headers, content=job.body)
+        return await self.client.send(request, stream=True)
+
+    @staticmethod
+    def _deliverable(provider: Provider, url: httpx.URL, endpoints: Any) -> bool:
+        if url.scheme != "https" and not (url.scheme == "http" and is_loopback_host(url.host)):
+            return False
+        return provider.may_deliver_to(url.host, endpoints)
+
+
+def _error(dialect: Any, status: int, message: str, retry_after: float | None = None) -> Answer:
+    headers = list(error_headers(retry_after).items())
+    return Answer(status, headers, body=error_body(dialect, status, message))
+
+
+def _response_headers(resp: httpx.Response) -> list[tuple[str, str]]:
+    out = []
+    for key, value in resp.headers.multi_items():
+        k = key.lower()
+        if k in _HOP_BY_HOP and k != "content-length":
+            continue
+        out.append((key, value))
+    return out
+
+
+async def _read_some(resp: httpx.Response) -> bytes:
+    data = bytearray()
+    try:
+        async for chunk in resp.aiter_bytes():
+            data += chunk
+            if len(data) >= _MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass
+    finally:
+        await resp.aclose()
+    return bytes(data)
+
+
+class _RelayHandler(RequestHandler):
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    def initialize(self, relay: Relay) -> None:
+        self.relay = relay
+        self._task: asyncio.Task[Any] | None = None
+
+    def set_default_headers(self) -> None:
+        for name in ("Server", "Content-Type", "Date"):
+            self.clear_header(name)
+
+    def compute_etag(self) -> None:
+        return None
+
+    def on_connection_close(self) -> None:
+        # The client went away: stop reading upstream, which closes that stream too.
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def _serve(self, *args: Any) -> None:
+        job = self.relay.take(self.request.headers.get(TICKET_HEADER, ""))
+        if job is None:
+            self.set_status(403)
+            self.finish(b"")
+            return
+        self._task = asyncio.current_task()
+        answer: Answer | None = None
+        try:
+            try:
+                answer = await self.relay.run(job)
+            except (httpx.HTTPError, KeyswapError) as exc:
+                answer = _error(job.route.dialect, 502, _describe(exc, job))
+            except asyncio.CancelledError:
+                return
+            except Exception:
+                log.exception("keyswap: internal error while relaying to %s", job.provider.name)
+                answer = _error(job.route.dialect, 500, "internal error; see the proxy's log")
+            await self._write(answer)
+        except (StreamClosedError, asyncio.CancelledError):
+            pass
+        finally:
+            if answer is not None and answer.upstream is not None:
+                await answer.upstream.aclose()
+
+    get = head = post = delete = patch = put = options = _serve
+
+    async def _write(self, answer: Answer) -> None:
+        self.set_status(answer.status, _reason(answer))
+        for key, value in answer.headers:
+            self.add_header(key, value)
+        if answer.upstream is None:
+            self.finish(answer.body)
+            return
+        async for chunk in answer.upstream.aiter_raw():
+            self.write(chunk)
+            await self.flush()
+        self.finish()
+
+
+def _reason(answer: Answer) -> str | None:
+    if answer.upstream is not None:
+        return answer.upstream.reason_phrase or None
+    return None
+
+
+def _describe(exc: Exception, job: Job) -> str:
+    """A failure to reach the provider, without anything secret (no URL query, no headers)."""
+    if isinstance(exc, KeyswapError):
+        return str(exc)
+    host = job.provider.name
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{host}: the provider did not answer in time"
+    return f"{host}: cannot reach the provider ({type(exc).__name__})"
