@@ -144,7 +144,9 @@ def user(tmp_path: Path) -> User:
         "LANG": "C.UTF-8",
         "PYTHONIOENCODING": "utf-8",
     }
-    return User(home, env, home / "keyswap.toml")
+    config = home / "keyswap.toml"
+    config.write_text("")
+    return User(home, env, config)
 
 
 @pytest.fixture
