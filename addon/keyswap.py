@@ -25,6 +25,8 @@ from .errors import error_body, error_headers
 from .relay import TICKET_HEADER, Job, Relay
 
 log = logging.getLogger(__name__)
+# httpx logs every request URL at INFO; mitmproxy already shows the flows.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 _NATIVE = {host: p for p in PROVIDERS.values() for host in p.native_hosts}
 _POLL_SECONDS = 1.0

@@ -205,7 +205,15 @@ class Relay:
         lower_extra = {k.lower() for k in extra}
         headers = [(k, v) for k, v in headers if k.lower() not in lower_extra]
         headers.extend(extra.items())
-        request = self.client.build_request(job.method, url, headers=headers, content=job.body)
+        # A bare Request: the client's headers exactly, without httpx's defaults
+        # (an Accept-Encoding the client never sent would change what comes back).
+        request = httpx.Request(
+            job.method,
+            url,
+            headers=headers,
+            content=job.body,
+            extensions={"timeout": self.client.timeout.as_dict()},
+        )
         return await self.client.send(request, stream=True)
 
     @staticmethod

@@ -10,10 +10,7 @@ from tests.conftest import ROOT, User
 from tests.fakes.oauth import FakeOAuth
 from tests.test_login import login_anthropic, status
 
-READ = (
-    "import keyring, sys; "
-    "print(keyring.get_password('keyswap', sys.argv[1]) or '')"
-)
+READ = "import keyring, sys; print(keyring.get_password('keyswap', sys.argv[1]) or '')"
 
 
 def keyring_entry(env: dict[str, str], name: str) -> str:

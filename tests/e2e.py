@@ -1,0 +1,113 @@
+"""The whole stack for end-to-end tests: fake OAuth + fake provider APIs over real TLS,
+logins made with the real CLI, and a real mitmdump with keyswap."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trustme
+
+from tests.conftest import User, free_port
+from tests.fakes.api import FakeAPI
+from tests.fakes.oauth import FakeOAuth
+from tests.proxy import Mitmdump, base_env
+
+_CODE = re.compile(r'<code id="auth-code">([^<]+)</code>')
+_URL = re.compile(r"https?://\S+")
+
+
+@dataclass
+class Stack:
+    user: User
+    oauth: FakeOAuth
+    api: FakeAPI
+    ca_pem: str
+    workdir: Path
+
+    codex_port: int = 0
+
+    def configure(self, extra: str = "") -> None:
+        redirect = f'redirect_uri = "http://localhost:{self.codex_port}/auth/callback"\n'
+        parts = [
+            self.oauth.config_toml("copilot", "anthropic"),
+            self.oauth.config_toml("codex", extra=redirect),
+            self.api.resolve_toml(),
+            extra,
+        ]
+        self.user.write_config("\n".join(parts))
+
+    # -- logins through the real CLI --------------------------------------------------------
+
+    def login_anthropic(self, bucket: str = "default") -> str:
+        proc = self.user.start("anthropic", bucket, "--no-browser")
+        url = _URL.search(proc.wait_for(self.oauth.base_url)).group(0)
+        location = httpx.get(url, follow_redirects=False).headers["location"]
+        proc.send(_CODE.search(httpx.get(location).text).group(1) + "\n")
+        res = proc.finish()
+        assert res.code == 0, res.err
+        return self.token("anthropic", bucket)
+
+    def login_copilot(self, bucket: str = "default") -> str:
+        self.oauth.device_interval = 0.05
+        proc = self.user.start("copilot", bucket)
+        code = proc.wait_for("one-time code").rsplit(" ", 1)[-1]
+        self.oauth.github_approve(code)
+        res = proc.finish()
+        assert res.code == 0, res.err
+        return self.token("copilot", bucket)
+
+    def login_codex(self, bucket: str = "default") -> str:
+        proc = self.user.start("codex", bucket, "--no-browser")
+        url = _URL.search(proc.wait_for(self.oauth.base_url)).group(0)
+        location = httpx.get(url, follow_redirects=False).headers["location"]
+        proc.send(location + "\n")
+        res = proc.finish()
+        assert res.code == 0, res.err
+        return self.token("codex", bucket)
+
+    def token(self, provider: str, bucket: str) -> str:
+        """The access token stored for provider/bucket, read through keyswap's own API."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys; from login.store import open_store; "
+            "print(open_store().load(sys.argv[1], sys.argv[2]).token)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, provider, bucket],
+            env=self.user.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    @contextmanager
+    def proxy(self, *args: str) -> Iterator[Mitmdump]:
+        with Mitmdump(
+            self.workdir,
+            base_env(self.user.env),
+            "--set",
+            f"keyswap_config={self.user.config}",
+            *args,
+            upstream_ca=self.ca_pem,
+        ) as proxy:
+            yield proxy
+
+
+@contextmanager
+def stack(user: User, workdir: Path) -> Iterator[Stack]:
+    ca = trustme.CA()
+    ca_pem = workdir / "upstream-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    with FakeOAuth() as oauth, FakeAPI(oauth, ca) as api:
+        oauth.copilot_api = "https://api.individual.githubcopilot.com"
+        s = Stack(user, oauth, api, str(ca_pem), workdir, codex_port=free_port())
+        s.configure()
+        yield s

@@ -1,0 +1,347 @@
+"""keyswap in a real mitmdump, with the official SDKs and curl as clients, against fake
+provider APIs over real TLS."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.conftest import User
+from tests.e2e import Stack, stack
+from tests.proxy import Mitmdump
+
+
+@pytest.fixture
+def s(user: User, tmp_path: Path) -> Iterator[Stack]:
+    with stack(user, tmp_path) as st:
+        yield st
+
+
+def http_client(proxy: Mitmdump) -> httpx.Client:
+    return httpx.Client(proxy=proxy.url, verify=proxy.ca, timeout=30)
+
+
+def sdk_env(proxy: Mitmdump, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in proxy.client_env().items():
+        monkeypatch.setenv(key, value)
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+# -- injection per provider -----------------------------------------------------------------
+
+
+def test_anthropic_sdk_streams_on_the_oauth_token(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = s.login_anthropic()
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = anthropic.Anthropic(api_key="oauth:anthropic")
+        arrivals: list[float] = []
+        text = ""
+        with client.messages.stream(
+            model="claude-sonnet-4-5",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"anthropic-beta": "interleaved-thinking-2025-05-14"},
+        ) as stream:
+            for chunk in stream.text_stream:
+                arrivals.append(time.monotonic())
+                text += chunk
+    assert text == "".join(str(i) for i in range(s.api.stream_events))
+    assert min(gaps(arrivals)) >= 0.6 * s.api.event_gap, "events arrived bunched"
+    call = s.api.calls[-1]
+    assert call.headers["authorization"] == f"Bearer {token}"
+    assert "x-api-key" not in call.headers
+    betas = call.headers["anthropic-beta"].split(",")
+    assert "oauth-2025-04-20" in betas and "interleaved-thinking-2025-05-14" in betas
+    assert token not in proxy.output
+
+
+def test_copilot_via_openai_sdk_at_its_own_host(s: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = s.login_copilot()
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = openai.OpenAI(api_key="oauth:copilot", base_url="https://api.githubcopilot.com")
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4.1", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        )
+    assert chunks
+    call = s.api.calls[-1]
+    assert call.headers["host"] == "api.individual.githubcopilot.com", "the host the token names"
+    assert call.headers["authorization"] == f"Bearer {token}"
+    assert call.headers["x-initiator"] == "user"
+    assert call.headers["copilot-integration-id"] == "vscode-chat"
+
+
+def test_copilot_for_a_client_hard_wired_to_openai(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = s.login_copilot()
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = openai.OpenAI(api_key="oauth:copilot")  # api.openai.com
+        reply = client.chat.completions.create(
+            model="gpt-4.1",
+            messages=[
+                {"role": "user", "content": "run it"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "done"},
+            ],
+        )
+    assert reply.choices
+    call = s.api.calls[-1]
+    assert (call.headers["host"], call.path) == (
+        "api.individual.githubcopilot.com",
+        "/chat/completions",
+    )
+    assert call.headers["authorization"] == f"Bearer {token}"
+    assert call.headers["x-initiator"] == "agent", "a tool result is not a premium user turn"
+
+
+def test_codex_gets_its_account_header(s: Stack) -> None:
+    token = s.login_codex()
+    with s.proxy() as proxy, http_client(proxy) as client:
+        resp = client.post(
+            "https://chatgpt.com/backend-api/codex/responses",
+            headers={"Authorization": "Bearer oauth:codex"},
+            json={
+                "model": "gpt-5",
+                "instructions": "",
+                "input": "hi",
+                "stream": True,
+                "store": False,
+            },
+        )
+    assert resp.status_code == 200, resp.text
+    call = s.api.calls[-1]
+    assert call.headers["authorization"] == f"Bearer {token}"
+    assert call.headers["chatgpt-account-id"] == s.oauth.codex_account_id
+
+
+def test_real_keys_pass_untouched(s: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = openai.OpenAI(api_key="sk-real-key-123")
+        client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
+    call = s.api.calls[-1]
+    assert call.headers["host"] == "api.openai.com"
+    assert call.headers["authorization"] == "Bearer sk-real-key-123"
+
+
+# -- guard rails -----------------------------------------------------------------------------
+
+
+def test_placeholder_for_a_foreign_route_gets_no_token(s: Stack) -> None:
+    s.login_anthropic()
+    before = len(s.api.calls)
+    with s.proxy() as proxy, http_client(proxy) as client:
+        foreign = client.post(
+            "https://evil.example/v1/messages", headers={"x-api-key": "oauth:anthropic"}, json={}
+        )
+        unknown = client.post(
+            "https://api.anthropic.com/v1/messages", headers={"x-api-key": "oauth:nope"}, json={}
+        )
+    assert foreign.status_code == 403
+    assert "anthropic tokens are not sent to evil.example" in foreign.text
+    assert unknown.status_code == 400 and "unknown provider 'nope'" in unknown.text
+    assert unknown.json()["type"] == "error", "Anthropic's error shape"
+    assert len(s.api.calls) == before
+
+
+def remote_address() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            addr = probe.getsockname()[0]
+    except OSError:
+        return None
+    return None if addr.startswith("127.") else addr
+
+
+def test_remote_clients_get_no_token(s: Stack) -> None:
+    addr = remote_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback address")
+    s.login_anthropic()
+    with s.proxy("--listen-host", "0.0.0.0") as proxy:
+        remote = httpx.Client(proxy=f"http://{addr}:{proxy.port}", verify=proxy.ca)
+        resp = remote.post(
+            "https://api.anthropic.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic"},
+            json={},
+        )
+    assert resp.status_code == 403 and "local clients" in resp.text
+    assert not [c for c in s.api.calls if c.provider == "anthropic"]
+
+
+def test_token_never_in_dumps_or_flow_output(s: Stack, tmp_path: Path) -> None:
+    token = s.login_anthropic()
+    dump = tmp_path / "flows.mitm"
+    with s.proxy("-w", str(dump), "--set", "flow_detail=4") as proxy, http_client(proxy) as c:
+        resp = c.post(
+            "https://api.anthropic.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic"},
+            json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert resp.status_code == 200
+        proxy.wait_for("oauth:anthropic")
+    assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"
+    assert token not in proxy.output
+    assert token.encode() not in dump.read_bytes()
+    assert b"oauth:anthropic" in dump.read_bytes(), "the flow shows the placeholder"
+
+
+# -- buckets ---------------------------------------------------------------------------------
+
+
+def test_429_moves_to_the_next_bucket_and_still_streams(s: Stack) -> None:
+    s.configure('[providers.anthropic]\nstrategy = "failover"\nbuckets = ["a", "b"]\n')
+    token_a, token_b = s.login_anthropic("a"), s.login_anthropic("b")
+    s.api.rate_limit("anthropic", token=token_a, seconds=120)
+    with s.proxy() as proxy, http_client(proxy) as client:
+        arrivals = []
+        with client.stream(
+            "POST",
+            "https://api.anthropic.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic"},
+            json={"model": "m", "max_tokens": 5, "stream": True, "messages": []},
+        ) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if line.startswith("event: content_block_delta"):
+                    arrivals.append(time.monotonic())
+        # The next request skips "a" (cooling) and goes straight to "b".
+        again = client.post(
+            "https://api.anthropic.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic"},
+            json={"model": "m", "max_tokens": 5, "messages": []},
+        )
+    assert len(arrivals) == s.api.stream_events
+    assert min(gaps(arrivals)) >= 0.6 * s.api.event_gap, "the retried stream was buffered"
+    used = [c.headers["authorization"] for c in s.api.calls if c.provider == "anthropic"]
+    assert used == [f"Bearer {token_a}", f"Bearer {token_b}", f"Bearer {token_b}"]
+    assert again.status_code == 200
+
+
+def test_all_buckets_cooling_answers_429_with_retry_after(s: Stack) -> None:
+    token_a, token_b = s.login_anthropic("a"), s.login_anthropic("b")
+    s.api.rate_limit("anthropic", token=token_a, seconds=100)
+    s.api.rate_limit("anthropic", token=token_b, seconds=40)
+    with s.proxy() as proxy, http_client(proxy) as client:
+        resp = client.post(
+            "https://api.anthropic.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic"},
+            json={"model": "m", "max_tokens": 5, "messages": []},
+        )
+    assert resp.status_code == 429
+    assert 30 <= int(resp.headers["retry-after"]) <= 41, "the soonest reset, from the hints"
+    body = resp.json()
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert "python -m login anthropic" in body["error"]["message"]
+
+
+def test_401_refreshes_once_and_retries(s: Stack) -> None:
+    old = s.login_anthropic()
+    s.api.fail_auth("anthropic", times=1)
+    with s.proxy() as proxy, http_client(proxy) as client:
+        resp = client.post(
+            "https://api.anthropic.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic"},
+            json={"model": "m", "max_tokens": 5, "messages": []},
+        )
+    assert resp.status_code == 200, resp.text
+    assert s.oauth.count("anthropic", "refresh") == 1
+    new = s.token("anthropic", "default")
+    assert new != old, "the rotated pair was stored"
+    used = [c.headers["authorization"] for c in s.api.calls if c.provider == "anthropic"]
+    assert used == [f"Bearer {old}", f"Bearer {new}"]
+
+
+def test_not_logged_in_is_a_401_that_says_what_to_run(s: Stack) -> None:
+    with s.proxy() as proxy, http_client(proxy) as client:
+        resp = client.post(
+            "https://api.openai.com/v1/chat/completions",
+            headers={"Authorization": "Bearer oauth:copilot"},
+            json={"model": "gpt-4.1", "messages": []},
+        )
+    assert resp.status_code == 401
+    assert "python -m login copilot" in resp.json()["error"]["message"]
+
+
+# -- streaming --------------------------------------------------------------------------------
+
+
+def test_client_disconnect_closes_the_upstream_stream(s: Stack) -> None:
+    s.login_anthropic()
+    s.api.stream_events = 200
+    with s.proxy() as proxy, http_client(proxy) as client:
+        with client.stream(
+            "POST",
+            "https://api.anthropic.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic"},
+            json={"model": "m", "max_tokens": 5, "stream": True, "messages": []},
+        ) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("event: content_block_delta"):
+                    break
+        deadline = time.monotonic() + 10
+        while not s.api.disconnects and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert s.api.disconnects, "upstream kept streaming to nobody"
+
+
+def test_curl_through_the_proxy(s: Stack) -> None:
+    token = s.login_anthropic()
+    with s.proxy() as proxy:
+        out = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-N",
+                "--proxy",
+                proxy.url,
+                "--cacert",
+                proxy.ca,
+                "https://api.anthropic.com/v1/messages",
+                "-H",
+                "x-api-key: oauth:anthropic",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                json.dumps({"model": "m", "max_tokens": 5, "stream": True, "messages": []}),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": os.environ["PATH"]},
+        )
+    assert out.returncode == 0, out.stderr
+    assert "message_stop" in out.stdout
+    assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"
