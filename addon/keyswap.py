@@ -137,11 +137,24 @@ class Injector:
                     prov, _, bucket = name.partition(":")
                     found.setdefault(prov, []).append(bucket)
                 self.buckets = found
+                await self._refresh_resting(found)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("keyswap: cannot read the token store: %s", exc)
             await asyncio.sleep(_POLL_SECONDS)
+
+    async def _refresh_resting(self, buckets: dict[str, list[str]]) -> None:
+        """A bucket resting after a 429 gets no traffic, so nothing would refresh its token;
+        keep it fresh so it is ready the moment the cooldown ends."""
+        for provider, names in buckets.items():
+            for bucket in names:
+                if self.rotation.cooling_until(provider, bucket) is None:
+                    continue
+                try:
+                    await self.tokens.access(provider, bucket)
+                except KeyswapError as exc:
+                    log.debug("keyswap: %s", exc)
 
     # -- hooks ---------------------------------------------------------------------------
 

@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every bucket of this provider")
     p.set_defaults(run=_logout)
 
+    p = sub.add_parser(
+        "env",
+        help="print the variables that point clients at the proxy and its CA",
+        description='Print shell lines that point clients at keyswap:\n\n'
+        '  eval "$(python -m login env)"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--shell", choices=("sh", "fish", "powershell"), default="sh")
+    p.add_argument("--port", type=int, default=8080, help="the proxy's port (default: 8080)")
+    p.add_argument(
+        "--confdir", metavar="DIR", help="mitmproxy's confdir, where its CA lives (~/.mitmproxy)"
+    )
+    p.set_defaults(run=_env)
+
     p = sub.add_parser("refresh", parents=[common], help="refresh a login's access token now")
     p.add_argument("provider", type=_provider)
     p.add_argument("bucket", nargs="?", default=DEFAULT_BUCKET, type=_bucket)
@@ -220,6 +234,16 @@ def _logout(args: argparse.Namespace) -> int:
         )
     for bucket in removed:
         print(f"✓ Logged out of {args.provider}:{bucket}", file=sys.stderr)
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .env import env_lines, mitmproxy_ca, write_bundle
+
+    bundle = write_bundle(mitmproxy_ca(Path(args.confdir) if args.confdir else None))
+    print("\n".join(env_lines(args.port, bundle, args.shell)))
     return 0
 
 
