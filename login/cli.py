@@ -171,11 +171,8 @@ def _status(args: argparse.Namespace) -> int:
     service = _service(args)
     entries = service.entries(args.provider)
     if args.json:
-        print(
-            json.dumps(
-                {"store": service.store.kind, "logins": [_entry_json(e) for e in entries]}, indent=2
-            )
-        )
+        kind = service.store.kind
+        print(json.dumps([_entry_json(e, kind) for e in entries], indent=2))
         return 0
     if not entries:
         which = args.provider or "any provider"
@@ -194,13 +191,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _entry_json(e: Entry) -> dict[str, Any]:
+def _entry_json(e: Entry, store: str) -> dict[str, Any]:
     return {
         "provider": e.provider,
         "bucket": e.bucket,
         "account": e.account,
+        "email": e.account if e.account and "@" in e.account else None,
         "state": e.state,
         "expires_at": e.expires_at,
+        "expires_in": int(e.expires_at - time.time()) if e.expires_at else None,
+        "store": store,
         "detail": e.detail,
     }
 

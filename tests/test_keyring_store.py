@@ -27,7 +27,7 @@ def test_login_lands_in_the_keyring(user: User, fake: FakeOAuth, secret_service_
     user.write_config(fake.config_toml("anthropic"))
     login_anthropic(user, fake, "work")
     res = user.run("status", "--json")
-    assert json.loads(res.out)["store"] == "keyring"
+    assert [e["store"] for e in json.loads(res.out)] == ["keyring"]
     entry = json.loads(keyring_entry(user.env, "anthropic:work"))
     [token] = fake.valid_access_tokens("anthropic")
     assert entry["provider"] == "anthropic" and entry["bucket"] == "work"
@@ -50,7 +50,7 @@ def test_without_a_keyring_the_file_store_is_used(user: User, fake: FakeOAuth) -
     user.env["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=/nonexistent/bus"
     user.write_config(fake.config_toml("anthropic"))
     login_anthropic(user, fake)
-    assert json.loads(user.run("status", "--json").out)["store"] == "file"
+    assert [e["store"] for e in json.loads(user.run("status", "--json").out)] == ["file"]
     assert (user.data_dir / "tokens" / "anthropic" / "default.tok").is_file()
 
 

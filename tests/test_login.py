@@ -19,7 +19,7 @@ URL = re.compile(r"https?://\S+")
 def status(user: User) -> list[dict[str, object]]:
     res = user.run("status", "--json")
     assert res.code == 0, res.err
-    return list(json.loads(res.out)["logins"])
+    return list(json.loads(res.out))
 
 
 def visit(url: str) -> str:

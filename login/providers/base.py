@@ -77,7 +77,8 @@ class Provider(BaseModel):
     send_state_in_exchange: bool = False
     fallback_ports: tuple[int, ...] = ()
     # "loopback": the code comes to a listener on the redirect URI (or is pasted);
-    # "paste": the provider's page shows the code and the user pastes it.
+    # "paste": the provider's page shows the code and the user pastes it (a loopback
+    # redirect URI from the config is listened on too, if its port is free).
     callback: Literal["loopback", "paste"] = "loopback"
     # Refresh this many seconds before the access token expires.
     refresh_skew: float = 300.0
@@ -120,12 +121,18 @@ class Provider(BaseModel):
         pkce, state = authcode.Pkce.new(), authcode.new_state()
         redirect_uri = ctx.endpoints["redirect_uri"]
         listener = None
-        if self.callback == "loopback" and authcode.listens(redirect_uri):
+        if authcode.listens(redirect_uri):
             # The fallback ports are registered only beside the default redirect URI.
             default = redirect_uri == self.endpoints.get("redirect_uri")
             fallback = self.fallback_ports if default else ()
-            listener = authcode.CallbackListener.bind(redirect_uri, state, fallback)
-            redirect_uri = listener.redirect_uri
+            try:
+                listener = authcode.CallbackListener.bind(redirect_uri, state, fallback)
+            except LoginError:
+                if self.callback == "loopback":
+                    raise
+                # A paste flow only listens where it can; the pasted code works regardless.
+            if listener is not None:
+                redirect_uri = listener.redirect_uri
         params = {
             **self.authorize_params,
             "response_type": "code",
