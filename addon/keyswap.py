@@ -22,7 +22,7 @@ from login.tokens import TokenService
 from . import placeholder
 from .buckets import Rotation
 from .errors import error_body, error_headers
-from .relay import TICKET_HEADER, Job, Relay
+from .relay import TICKET_HEADER, Job, Relay, forwardable
 
 log = logging.getLogger(__name__)
 # httpx logs every request URL at INFO; mitmproxy already shows the flows.
@@ -234,11 +234,7 @@ class Injector:
             method=req.method,
             path=req.path.split("?")[0],
             query=_encode(query),
-            headers=[
-                (k, v)
-                for k, v in req.headers.items(multi=True)  # type: ignore[no-untyped-call]
-                if k.lower() not in placeholder.KEY_HEADERS and k.lower() not in _NOT_FORWARDED
-            ],
+            headers=forwardable(req.headers.fields),
             body=req.raw_content or b"",
         )
         ticket = self.relay.submit(job)
@@ -268,9 +264,6 @@ class Injector:
         self.relay.drop(ticket)
         flow.request.data = original.data
         return True
-
-
-_NOT_FORWARDED = {"proxy-authorization", "proxy-connection", "connection", "keep-alive", "te"}
 
 
 def _encode(query: list[tuple[str, str]]) -> str:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +27,11 @@ from tornado.web import Application, RequestHandler
 from login.config import is_loopback_host
 from login.errors import KeyswapError, NeedsLogin
 from login.providers.base import Provider, Route
-from login.tokens import TokenService
+from login.tokens import Access, TokenService
 
 from .buckets import Rotation
 from .errors import error_body, error_headers
+from .placeholder import KEY_HEADERS
 from .ratelimit import reset_after
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,14 @@ class Job:
     def upstream_path(self) -> str:
         rest = self.path.removeprefix(self.route.strip)
         return rest + (f"?{self.query}" if self.query else "")
+
+
+@dataclass
+class _Problems:
+    """Why buckets could not serve, for the answer when none could."""
+
+    needs_login: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,54 +138,48 @@ class Relay:
     # -- the retry loop ------------------------------------------------------------------
 
     async def run(self, job: Job) -> Answer:
-        tokens = self._tokens()
         provider = job.provider.name
-        dialect = job.route.dialect
-        needs_login: list[str] = []
-        failures: list[str] = []
+        problems = _Problems()
         for bucket in job.buckets:
             if not job.pinned and self.rotation.cooling_until(provider, bucket):
                 continue
-            try:
-                access = await tokens.access(provider, bucket)
-            except NeedsLogin as exc:
-                needs_login.append(str(exc))
-                continue
-            except KeyswapError as exc:
-                failures.append(str(exc))
+            access = await self._access(provider, bucket, problems)
+            if access is None:
                 continue
             resp = await self._send(job, access)
             if resp.status_code == 401:
+                # Refresh once (or adopt what another process refreshed) and try again.
                 await resp.aclose()
-                try:
-                    await tokens.refresh(provider, bucket, force=False, rejected=access.token)
-                    access = await tokens.access(provider, bucket)
-                except NeedsLogin as exc:
-                    needs_login.append(str(exc))
-                    continue
-                except KeyswapError as exc:
-                    failures.append(str(exc))
+                access = await self._access(provider, bucket, problems, rejected=access.token)
+                if access is None:
                     continue
                 resp = await self._send(job, access)
             if resp.status_code == 429 and not job.pinned:
-                body = await _read_some(resp)
-                wait = reset_after(resp.headers, body)
-                self.rotation.cool(provider, bucket, wait if wait is not None else self.cooldown)
-                log.info(
-                    "keyswap: %s/%s is rate limited for %d s; trying the next bucket",
-                    provider,
-                    bucket,
-                    int(wait if wait is not None else self.cooldown),
-                )
+                hint = reset_after(resp.headers, await _read_some(resp))
+                wait = hint if hint is not None else self.cooldown
+                self.rotation.cool(provider, bucket, wait)
+                log.info("keyswap: %s/%s rests %d s after a 429", provider, bucket, int(wait))
                 continue
             self.rotation.served[provider, bucket] += 1
             return Answer(resp.status_code, _response_headers(resp), upstream=resp)
-        return self._nothing_left(job, dialect, needs_login, failures)
+        return self._nothing_left(job, problems)
 
-    def _nothing_left(
-        self, job: Job, dialect: Any, needs_login: list[str], failures: list[str]
-    ) -> Answer:
-        provider = job.provider.name
+    async def _access(
+        self, provider: str, bucket: str, problems: _Problems, rejected: str | None = None
+    ) -> Access | None:
+        tokens = self._tokens()
+        try:
+            if rejected is not None:
+                await tokens.refresh(provider, bucket, force=False, rejected=rejected)
+            return await tokens.access(provider, bucket)
+        except NeedsLogin as exc:
+            problems.needs_login.append(str(exc))
+        except KeyswapError as exc:
+            problems.failures.append(str(exc))
+        return None
+
+    def _nothing_left(self, job: Job, problems: _Problems) -> Answer:
+        provider, dialect = job.provider.name, job.route.dialect
         wait = self.rotation.soonest(provider, job.buckets)
         if wait is not None:
             n = len(job.buckets)
@@ -185,15 +188,14 @@ class Relay:
                 f"{int(wait) + 1} s. Add an account with `python -m login {provider} <name>`"
             )
             return _error(dialect, 429, msg, retry_after=wait)
-        if needs_login:
-            return _error(dialect, 401, "; ".join(needs_login))
-        if failures:
-            return _error(dialect, 503, "; ".join(failures))
-        return _error(
-            dialect, 401, f"not logged in to {provider}; run `python -m login {provider}`"
-        )
+        if problems.needs_login:
+            return _error(dialect, 401, "; ".join(problems.needs_login))
+        if problems.failures:
+            return _error(dialect, 503, "; ".join(problems.failures))
+        msg = f"not logged in to {provider}; run `python -m login {provider}`"
+        return _error(dialect, 401, msg)
 
-    async def _send(self, job: Job, access: Any) -> httpx.Response:
+    async def _send(self, job: Job, access: Access) -> httpx.Response:
         assert self.client is not None
         base = access.base_url
         url = httpx.URL(base + job.upstream_path)
@@ -226,6 +228,18 @@ class Relay:
 def _error(dialect: Any, status: int, message: str, retry_after: float | None = None) -> Answer:
     headers = list(error_headers(retry_after).items())
     return Answer(status, headers, body=error_body(dialect, status, message))
+
+
+def forwardable(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The client's request headers that go upstream: no credentials (keyswap sets its own),
+    no hop-by-hop headers, no Host (it follows the delivery URL)."""
+    out = []
+    for raw_key, raw_value in fields:
+        key = raw_key.decode("latin-1")
+        if key.lower() in _HOP_BY_HOP or key.lower() in KEY_HEADERS or key.startswith(":"):
+            continue
+        out.append((key, raw_value.decode("latin-1")))
+    return out
 
 
 def _response_headers(resp: httpx.Response) -> list[tuple[str, str]]:

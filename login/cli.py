@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "env",
         help="print the variables that point clients at the proxy and its CA",
-        description='Print shell lines that point clients at keyswap:\n\n'
+        description="Print shell lines that point clients at keyswap:\n\n"
         '  eval "$(python -m login env)"',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

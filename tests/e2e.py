@@ -39,7 +39,9 @@ class Stack:
             self.api.resolve_toml(),
             extra,
         ]
-        self.user.write_config("\n".join(parts))
+        # The providers' real API URLs stay: [resolve] sends them to the fake API.
+        lines = "\n".join(parts).splitlines()
+        self.user.write_config("\n".join(ln for ln in lines if not ln.startswith("api =")) + "\n")
 
     # -- logins through the real CLI --------------------------------------------------------
 

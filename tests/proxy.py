@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-_LISTENING = re.compile(r"proxy listening at \*?([\d.]+):(\d+)")
+_LISTENING = re.compile(r"proxy listening at (\S+?):(\d+)")
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
 
 
@@ -22,7 +22,7 @@ class Mitmdump:
     ) -> None:
         self.confdir = workdir / "mitmproxy"
         self.confdir.mkdir(parents=True, exist_ok=True)
-        self.env = dict(env)
+        self.env = {**env, "PYTHONUNBUFFERED": "1"}
         if upstream_ca:
             # keyswap's own upstream requests trust SSL_CERT_FILE; mitmproxy's via its option.
             self.env["SSL_CERT_FILE"] = upstream_ca

@@ -1,15 +1,18 @@
 """A small in-process HTTP(S) server that protocol fakes build on.
 
-A fake subclasses `FakeServer`, registers `Route`s and answers each `Request` with a `Reply`
-(or raises `HttpError`). Every request is recorded as a `Call`, labelled with the provider and
-a short endpoint name. Handlers run one at a time under `self._lock` (a `threading.Condition`),
-so fake state needs no further locking; public methods that touch state take the same lock.
+A fake subclasses `FakeServer`, registers `Route`s (optionally only for some `Host`s) and
+answers each `Request` with a `Reply` (or raises `HttpError`); a `Reply` with `stream` set is
+sent chunked, one chunk per item as the iterable produces it, outside the lock. Every request
+is recorded as a `Call`, labelled with the provider and a short endpoint name. Handlers run
+one at a time under `self._lock` (a `threading.Condition`), so fake state needs no further
+locking; public methods that touch state take the same lock.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import select
 import ssl
 import threading
 import traceback
@@ -69,6 +72,11 @@ class Reply:
     body: bytes
     content_type: str
     headers: tuple[tuple[str, str], ...] = ()
+    # If set, `body` is ignored: each item goes out as one HTTP/1.1 chunk as soon as it is
+    # produced (so a generator can pace them), then the connection handler calls
+    # `on_disconnect` if the client went away before the end.
+    stream: Iterable[bytes] | None = field(default=None, compare=False)
+    on_disconnect: Callable[[], None] | None = field(default=None, compare=False)
 
 
 class HttpError(Exception):
@@ -111,15 +119,32 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     label: Label
+    hosts: frozenset[str] | None = None  # None: any Host header
 
 
-def route(method: str, path: str, handler: Handler, label: tuple[str, str] | Label) -> Route:
-    """A route for `path`, where `{name}` matches one path segment (passed in `Request.args`)."""
+def route(
+    method: str,
+    path: str,
+    handler: Handler,
+    label: tuple[str, str] | Label,
+    hosts: Iterable[str] | None = None,
+) -> Route:
+    """A route for `path`, where `{name}` matches one path segment (passed in `Request.args`).
+    With `hosts`, only requests whose `Host` header (without port) is one of them match."""
     regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))
+    only = frozenset(h.lower() for h in hosts) if hosts is not None else None
     if isinstance(label, tuple):
         fixed = label
-        return Route(method, re.compile(regex), handler, lambda _req: fixed)
-    return Route(method, re.compile(regex), handler, label)
+        return Route(method, re.compile(regex), handler, lambda _req: fixed, only)
+    return Route(method, re.compile(regex), handler, label, only)
+
+
+def host_of(req: Request) -> str:
+    """The `Host` header without its port, lower-cased."""
+    host = req.headers.get("host", "").strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def _first_values(query: str) -> dict[str, str]:
@@ -148,7 +173,9 @@ def parse_request(method: str, target: str, headers: dict[str, str], raw: bytes)
 class FakeServer:
     """Serves registered routes on 127.0.0.1:<ephemeral port>, over TLS if `tls` is given."""
 
-    def __init__(self, tls: trustme.CA | None = None) -> None:
+    def __init__(
+        self, tls: trustme.CA | None = None, hostnames: Iterable[str] = ("127.0.0.1", "localhost")
+    ) -> None:
         self._lock = threading.Condition()
         self._calls: list[Call] = []
         self._routes: list[Route] = []
@@ -157,7 +184,7 @@ class FakeServer:
         scheme = "http"
         if tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+            tls.issue_cert(*hostnames).configure_cert(ctx)
             self._httpd.socket = ctx.wrap_socket(
                 self._httpd.socket, server_side=True, do_handshake_on_connect=False
             )
@@ -222,7 +249,12 @@ class FakeServer:
     # dispatch (called on the connection's thread)
 
     def dispatch(self, req: Request) -> Reply:
-        matches = [(r, m) for r in self._routes if (m := r.pattern.fullmatch(req.path))]
+        host = host_of(req)
+        matches = [
+            (r, m)
+            for r in self._routes
+            if (r.hosts is None or host in r.hosts) and (m := r.pattern.fullmatch(req.path))
+        ]
         hit = next(((r, m) for r, m in matches if r.method == req.method), None)
         with self._lock:
             try:
@@ -282,6 +314,9 @@ class _Handler(BaseHTTPRequestHandler):
             reply = json_reply({"error": "invalid_request", "error_description": "bad body"}, 400)
         else:
             reply = self.server.app.dispatch(parse_request(self.command, self.path, headers, raw))
+        if reply.stream is not None:
+            self._send_stream(reply)
+            return
         self.send_response(reply.status)
         for name, value in (
             ("Content-Type", reply.content_type),
@@ -293,6 +328,55 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(reply.body)
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _send_stream(self, reply: Reply) -> None:
+        """Send `reply.stream` chunked, each item as it comes; notice a client that leaves."""
+        assert reply.stream is not None
+        self.send_response(reply.status)
+        for name, value in (
+            ("Content-Type", reply.content_type),
+            ("Transfer-Encoding", "chunked"),
+            ("Cache-Control", "no-cache"),
+            *reply.headers,
+        ):
+            self.send_header(name, value)
+        chunks = iter(reply.stream)
+        try:
+            self.end_headers()
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except Exception:
+                    self.server.app.errors.append(traceback.format_exc())
+                    self.close_connection = True  # the client sees a truncated body
+                    return
+                if self._peer_closed():
+                    raise ConnectionAbortedError("client closed the connection")
+                if chunk:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # BrokenPipe, ConnectionReset, SSL errors, or the check above
+            self.close_connection = True
+            if reply.on_disconnect is not None:
+                reply.on_disconnect()
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _peer_closed(self) -> bool:
+        """While a response streams, an HTTP/1.1 client has nothing to send: a readable socket
+        means EOF, a TLS close_notify or a reset. (A pipelined request would lose a byte.)"""
+        sock = self.connection
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            return not sock.recv(1)
+        except (OSError, ValueError):
+            return True
 
     def _read_body(self, headers: dict[str, str]) -> bytes | None:
         """The request body, or None if it cannot be read (chunked, bad or huge length)."""

@@ -1,0 +1,956 @@
+"""Fake inference APIs of every keyswap provider, over real TLS, with real streaming.
+
+    with FakeOAuth() as oauth, FakeAPI(oauth, ca) as api:
+        config = api.resolve_toml()      # [resolve] "api.anthropic.com:443" = "127.0.0.1:PORT"
+        ...
+        assert api.count("anthropic", "messages") == 1
+
+One threaded server on 127.0.0.1:<port> answers for all of `HOSTNAMES` (one certificate from
+`ca`), routing by the `Host` header. An access token is valid while the fake OAuth server says
+so (`oauth.valid_access_tokens(provider)`), so expiring or revoking it there shows here at
+once. Each request is checked in this order: authentication (a pending `fail_auth` first),
+then the provider's request rules, then a pending `rate_limit`, then it is answered. Streams
+are Server-Sent Events sent as HTTP/1.1 chunks, one event per chunk, `event_gap` seconds apart;
+the text deltas are "0", "1", ... (`stream_events` of them) and every OpenAI/Anthropic event
+carries its position as an SSE `id:` line. Providers as labelled in `calls`: copilot, codex,
+anthropic, openai (api.openai.com with a real key), google (generativelanguage with a real
+key), gemini / antigravity (Code Assist, by whose token it carries).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import secrets
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import cache, partial
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .oauth import GOOGLE, GOOGLE_UNAUTHENTICATED, PATHS, anthropic_error, google_error, number
+from .server import (
+    FakeServer,
+    HttpError,
+    Json,
+    Reply,
+    Request,
+    Route,
+    fail,
+    host_of,
+    json_reply,
+    route,
+)
+
+if TYPE_CHECKING:
+    import trustme
+
+    from .oauth import FakeOAuth
+
+COPILOT_HOSTS = (
+    "api.githubcopilot.com",
+    "api.individual.githubcopilot.com",
+    "api.business.githubcopilot.com",
+    "api.enterprise.githubcopilot.com",
+)
+CODEX_HOSTS = ("chatgpt.com",)
+OPENAI_HOSTS = ("api.openai.com",)
+ANTHROPIC_HOSTS = ("api.anthropic.com",)
+GOOGLE_API_HOSTS = ("generativelanguage.googleapis.com",)
+CODE_ASSIST_HOSTS = ("cloudcode-pa.googleapis.com", "daily-cloudcode-pa.googleapis.com")
+HOSTNAMES = (
+    *COPILOT_HOSTS,
+    *CODEX_HOSTS,
+    *OPENAI_HOSTS,
+    *ANTHROPIC_HOSTS,
+    *GOOGLE_API_HOSTS,
+    *CODE_ASSIST_HOSTS,
+    "localhost",
+    "127.0.0.1",
+)
+# Which providers' OAuth tokens may legitimately arrive at each host (see `FakeAPI.leaks`).
+TOKEN_OWNERS: dict[str, frozenset[str]] = {
+    **dict.fromkeys(COPILOT_HOSTS, frozenset({"copilot"})),
+    **dict.fromkeys(CODEX_HOSTS, frozenset({"codex"})),
+    **dict.fromkeys(ANTHROPIC_HOSTS, frozenset({"anthropic"})),
+    **dict.fromkeys(CODE_ASSIST_HOSTS, frozenset(GOOGLE)),
+}
+TOKEN_PROVIDERS = ("github", "copilot", "codex", "anthropic", *GOOGLE)
+
+HINTS = ("retry-after", "body", "resets_at", "none")
+ANTHROPIC_OAUTH_BETA = "oauth-2025-04-20"
+CLAUDE_CODE_IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
+
+COPILOT_EXPIRED = "unauthorized: token expired"
+CODEX_EXPIRED = {
+    "error": {
+        "message": "Provided authentication token is expired. Please try signing in again.",
+        "code": "token_expired",
+    }
+}
+ANTHROPIC_EXPIRED = anthropic_error(
+    "OAuth token has expired. Please obtain a new token or refresh your existing token."
+)
+OPENAI_DOCS = "https://platform.openai.com/account/api-keys"
+
+DEFAULT_MODEL = {"chat": "gpt-4.1", "responses": "gpt-5", "messages": "claude-sonnet-4-5"}
+
+
+def _copilot_model(model_id: str, vendor: str, *endpoints: str) -> Json:
+    return {
+        "id": model_id,
+        "name": model_id,
+        "object": "model",
+        "vendor": vendor,
+        "version": model_id,
+        "preview": False,
+        "model_picker_enabled": True,
+        "capabilities": {
+            "family": model_id,
+            "type": "chat",
+            "limits": {"max_context_window_tokens": 128000, "max_output_tokens": 16384},
+            "supports": {"streaming": True, "tool_calls": True},
+        },
+        "policy": {"state": "enabled"},
+        "supported_endpoints": list(endpoints),
+    }
+
+
+COPILOT_MODELS: Json = {
+    "object": "list",
+    "data": [
+        _copilot_model("gpt-4.1", "Azure OpenAI", "/chat/completions", "/responses"),
+        _copilot_model("gpt-5-codex", "OpenAI", "/responses"),
+        _copilot_model("claude-sonnet-4.5", "Anthropic", "/chat/completions", "/v1/messages"),
+    ],
+}
+CODEX_MODELS: Json = {
+    "models": [
+        {
+            "slug": slug,
+            "display_name": slug,
+            "supported_in_api": True,
+            "visibility": "list",
+            "priority": i,
+        }
+        for i, slug in enumerate(("gpt-5-codex", "gpt-5"))
+    ]
+}
+OPENAI_MODELS: Json = {
+    "object": "list",
+    "data": [
+        {"id": m, "object": "model", "created": 1700000000, "owned_by": "openai"}
+        for m in ("gpt-4.1", "gpt-5")
+    ],
+}
+
+
+# -- bookkeeping ---------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """A pending rate limit or auth failure for the next `times` matching requests."""
+
+    provider: str
+    token: str | None  # None: any request of the provider
+    times: int
+    hint: str = "retry-after"
+    seconds: float = 30
+
+
+@dataclass
+class StreamLog:
+    """One SSE response: how many of its `total` events left the server."""
+
+    provider: str
+    path: str
+    total: int
+    sent: int = 0
+    finished: bool = False
+    disconnected: bool = False
+
+
+@dataclass(frozen=True)
+class Leak:
+    """A live OAuth token of `provider` seen in `where` of a request to a foreign `host`."""
+
+    provider: str
+    host: str
+    path: str
+    where: str
+
+
+# -- wire formats --------------------------------------------------------------------------
+
+
+def text_reply(text: str, status: int) -> Reply:
+    return Reply(status, text.encode(), "text/plain; charset=utf-8")
+
+
+def with_headers(reply: Reply, headers: tuple[tuple[str, str], ...]) -> Reply:
+    return replace(reply, headers=reply.headers + headers)
+
+
+def sse(data: object, event: str | None = None, seq: int | None = None) -> bytes:
+    """One SSE event: optional `event:` and `id:` lines, then one `data:` line."""
+    lines = [f"event: {event}"] if event else []
+    if seq is not None:
+        lines.append(f"id: {seq}")
+    lines.append("data: " + (data if isinstance(data, str) else json.dumps(data)))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _ident(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def full_text(n: int) -> str:
+    return "".join(str(i) for i in range(n))
+
+
+def chat_completion(model: str, n: int) -> Json:
+    return {
+        "id": _ident("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": full_text(n)},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n},
+    }
+
+
+def chat_events(model: str, n: int) -> list[bytes]:
+    cid, created = _ident("chatcmpl-"), int(time.time())
+
+    def chunk(delta: Json, finish: str | None = None, **extra: object) -> Json:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            **extra,
+        }
+
+    usage = {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n}
+    payloads: list[object] = [chunk({"role": "assistant", "content": ""})]
+    payloads += [chunk({"content": str(i)}) for i in range(n)]
+    payloads += [chunk({}, "stop", usage=usage), "[DONE]"]
+    return [sse(p, seq=i) for i, p in enumerate(payloads)]
+
+
+class _Responses:
+    """An OpenAI Responses API answer (also Codex's and Copilot's /responses)."""
+
+    def __init__(self, model: str, n: int) -> None:
+        self.model, self.n = model, n
+        self.rid, self.mid, self.created = _ident("resp_"), _ident("msg_"), int(time.time())
+
+    @staticmethod
+    def part(text: str) -> Json:
+        return {"type": "output_text", "text": text, "annotations": []}
+
+    def message(self, done: bool) -> Json:
+        return {
+            "id": self.mid,
+            "type": "message",
+            "status": "completed" if done else "in_progress",
+            "role": "assistant",
+            "content": [self.part(full_text(self.n))] if done else [],
+        }
+
+    def response(self, done: bool) -> Json:
+        usage = {"input_tokens": 10, "output_tokens": self.n, "total_tokens": 10 + self.n}
+        return {
+            "id": self.rid,
+            "object": "response",
+            "created_at": self.created,
+            "status": "completed" if done else "in_progress",
+            "model": self.model,
+            "output": [self.message(True)] if done else [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": usage if done else None,
+        }
+
+    def events(self) -> list[bytes]:
+        at = {"item_id": self.mid, "output_index": 0, "content_index": 0}
+        text = full_text(self.n)
+        steps: list[tuple[str, Json]] = [
+            ("response.created", {"response": self.response(False)}),
+            ("response.in_progress", {"response": self.response(False)}),
+            ("response.output_item.added", {"output_index": 0, "item": self.message(False)}),
+            ("response.content_part.added", {**at, "part": self.part("")}),
+            *(
+                ("response.output_text.delta", {**at, "delta": str(i), "logprobs": []})
+                for i in range(self.n)
+            ),
+            ("response.output_text.done", {**at, "text": text, "logprobs": []}),
+            ("response.content_part.done", {**at, "part": self.part(text)}),
+            ("response.output_item.done", {"output_index": 0, "item": self.message(True)}),
+            ("response.completed", {"response": self.response(True)}),
+        ]
+        return [
+            sse({"type": name, "sequence_number": i, **data}, event=name, seq=i)
+            for i, (name, data) in enumerate(steps)
+        ]
+
+
+def anthropic_message(model: str, n: int) -> Json:
+    return {
+        "id": _ident("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": full_text(n)}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": n},
+    }
+
+
+def anthropic_events(model: str, n: int) -> list[bytes]:
+    start = anthropic_message(model, n) | {"content": [], "stop_reason": None}
+    start["usage"] = {"input_tokens": 10, "output_tokens": 1}
+    steps: list[tuple[str, Json]] = [
+        ("message_start", {"message": start}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {}),
+        *(
+            ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": str(i)}})
+            for i in range(n)
+        ),
+        ("content_block_stop", {"index": 0}),
+        (
+            "message_delta",
+            {
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": n},
+            },
+        ),
+        ("message_stop", {}),
+    ]
+    return [sse({"type": name, **data}, event=name, seq=i) for i, (name, data) in enumerate(steps)]
+
+
+def gemini_chunks(model: str, n: int, wrapped: bool) -> list[Json]:
+    """Gemini `GenerateContentResponse`s, one per text delta; Code Assist wraps each one as
+    `{"response": ..., "traceId": ...}`."""
+    rid, trace = secrets.token_hex(8), secrets.token_hex(8)
+    chunks: list[Json] = []
+    for i in range(max(n, 1)):
+        text = str(i) if n else ""
+        candidate: Json = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+        chunk: Json = {"candidates": [candidate], "modelVersion": model, "responseId": rid}
+        if i == max(n, 1) - 1:
+            candidate["finishReason"] = "STOP"
+            chunk["usageMetadata"] = {
+                "promptTokenCount": 10,
+                "candidatesTokenCount": n,
+                "totalTokenCount": 10 + n,
+            }
+        chunks.append({"response": chunk, "traceId": trace} if wrapped else chunk)
+    return chunks
+
+
+def gemini_response(model: str, n: int, wrapped: bool) -> Json:
+    last = gemini_chunks(model, n, wrapped)[-1]
+    inner = last["response"] if wrapped else last
+    inner["candidates"][0]["content"]["parts"][0]["text"] = full_text(n)
+    return last
+
+
+def codex_account(token: str | None) -> str | None:
+    """The `chatgpt_account_id` claim of a Codex access-token JWT."""
+    try:
+        payload = (token or "").split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        account = claims["https://api.openai.com/auth"]["chatgpt_account_id"]
+    except (IndexError, KeyError, TypeError, ValueError, binascii.Error):
+        return None
+    return account if isinstance(account, str) else None
+
+
+def has_identity(body: Json) -> bool:
+    """Whether the first system block is Claude Code's identity line."""
+    system = body.get("system")
+    if isinstance(system, str):
+        return system.startswith(CLAUDE_CODE_IDENTITY)
+    if isinstance(system, list):
+        texts = [b.get("text") for b in system if isinstance(b, dict)]
+        return any(t == CLAUDE_CODE_IDENTITY for t in texts[:2])
+    return False
+
+
+def _mask(key: str) -> str:
+    return key[:3] + "*" * 8 + key[-4:] if len(key) > 8 else "*" * len(key)
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+class FakeAPI(FakeServer):
+    """Fake provider APIs; see the module docstring. Knobs (set any time): `event_gap`,
+    `stream_events`, `anthropic_require_identity`."""
+
+    def __init__(self, oauth: FakeOAuth, ca: trustme.CA) -> None:
+        super().__init__(ca, hostnames=HOSTNAMES)
+        self.oauth = oauth
+        self.ca = ca
+        self.port: int = self._httpd.server_address[1]
+        self.event_gap: float = 0.05  # seconds between two SSE events
+        self.stream_events: int = 5  # text deltas per stream
+        # Anthropic OAuth requests must open `system` with Claude Code's identity (§5.2).
+        self.anthropic_require_identity = False
+        self.disconnects: list[tuple[str, str]] = []  # (provider, path) of abandoned streams
+        self.streams: list[StreamLog] = []
+        self.leaks: list[Leak] = []
+        self._limits: list[Fault] = []
+        self._auth_faults: list[Fault] = []
+        self.add_routes(self._route_table())
+
+    # configuration and clients
+
+    def resolve_toml(self) -> str:
+        """keyswap's `[resolve]` table sending every provider host here."""
+        lines = ["[resolve]"]
+        lines += [f'"{name}:443" = "127.0.0.1:{self.port}"' for name in HOSTNAMES]
+        return "\n".join(lines) + "\n"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting this fake's certificate."""
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+    def client(self, lib: ModuleType = httpx, **kwargs: Any) -> Any:
+        """An httpx client that dials this fake for any https URL, keeping SNI and Host.
+        `lib=httpx2` builds the same for SDKs on httpx2 (the anthropic SDK)."""
+        kwargs.setdefault("timeout", 10)
+        return lib.Client(transport=_dial(lib)(self.port, self.ssl_context()), **kwargs)
+
+    def mint_token(self, provider: str, ttl: float = 3600) -> str:
+        """An access token of `provider` as if the fake OAuth server had issued it (no login
+        flow): "copilot", "codex" (a JWT naming `oauth.codex_account_id`), "anthropic",
+        "gemini", "antigravity" or "github". Expire or revoke it through `oauth`."""
+        oauth = self.oauth
+        if provider == "codex":
+            token = oauth._codex_jwt(int(time.time()), ttl, audience="https://api.openai.com/v1")
+        else:
+            prefixes = {"copilot": "tid=", "anthropic": "sk-ant-oat01-", "github": "gho_"}
+            token = prefixes.get(provider, "ya29.") + secrets.token_urlsafe(32)
+        with oauth._lock:
+            oauth._tokens.add(provider, token, ttl)
+        return token
+
+    # test controls
+
+    def rate_limit(
+        self,
+        provider: str,
+        token: str | None = None,
+        times: int = 1,
+        hint: str = "retry-after",
+        seconds: float = 30,
+    ) -> None:
+        """Answer the next `times` otherwise successful requests of `provider` (only those
+        carrying `token` if given: the Bearer token or API key) with that provider's 429.
+
+        `hint`: "retry-after" = all the provider sends, including a `Retry-After` header;
+        "body" = no Retry-After, only the provider's own reset field (codex
+        `resets_in_seconds`, anthropic `anthropic-ratelimit-unified-reset`, google
+        `RetryInfo`, copilot/openai the message text); "resets_at" = like "body" but codex
+        sends the absolute `resets_at`; "none" = no timing information at all."""
+        if hint not in HINTS:
+            raise ValueError(f"hint must be one of {HINTS}")
+        with self._lock:
+            self._limits.append(Fault(provider, token, times, hint, seconds))
+
+    def fail_auth(self, provider: str, times: int = 1, token: str | None = None) -> None:
+        """Answer the next `times` requests of `provider` with its 401, even if authorized."""
+        with self._lock:
+            self._auth_faults.append(Fault(provider, token, times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._limits.clear()
+            self._auth_faults.clear()
+
+    def wait_for_disconnect(self, count: int = 1, timeout: float = 10.0) -> tuple[str, str]:
+        """Block until `count` streams were abandoned by their clients; return the `count`-th."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self.disconnects) >= count, timeout):
+                raise TimeoutError(f"no disconnect #{count} in {timeout}s")
+            return self.disconnects[count - 1]
+
+    # routes
+
+    def _route_table(self) -> list[Route]:
+        def on(hosts: tuple[str, ...], provider: str) -> Any:
+            def add(method: str, path: str, endpoint: str, handler: Any) -> Route:
+                return route(method, path, handler, (provider, endpoint), hosts)
+
+            return add
+
+        copilot = on(COPILOT_HOSTS, "copilot")
+        codex = on(CODEX_HOSTS, "codex")
+        openai = on(OPENAI_HOSTS, "openai")
+        anthropic = on(ANTHROPIC_HOSTS, "anthropic")
+        routes = [
+            copilot(
+                "POST", "/chat/completions", "chat_completions", partial(self._copilot, "chat")
+            ),
+            copilot("POST", "/responses", "responses", partial(self._copilot, "responses")),
+            copilot("POST", "/v1/messages", "messages", partial(self._copilot, "messages")),
+            copilot("GET", "/models", "models", partial(self._copilot, "models")),
+            codex("POST", "/backend-api/codex/responses", "responses", self._codex_responses),
+            codex("GET", "/backend-api/codex/models", "models", self._codex_models),
+            anthropic("POST", "/v1/messages", "messages", self._anthropic),
+            anthropic("GET", "/api/oauth/profile", "profile", self._anthropic_profile),
+            openai(
+                "POST", "/v1/chat/completions", "chat_completions", partial(self._openai, "chat")
+            ),
+            openai("POST", "/v1/responses", "responses", partial(self._openai, "responses")),
+            openai("GET", "/v1/models", "models", partial(self._openai, "models")),
+        ]
+        for version in ("v1", "v1beta"):
+            routes.append(
+                route(
+                    "POST",
+                    f"/{version}/models/{{target}}",
+                    self._google_api,
+                    lambda req: ("google", req.args["target"].partition(":")[2] or "unknown"),
+                    GOOGLE_API_HOSTS,
+                )
+            )
+        for method, path, name, handler in (
+            ("POST", "/v1internal:generateContent", "generateContent", self._code_assist),
+            (
+                "POST",
+                "/v1internal:streamGenerateContent",
+                "streamGenerateContent",
+                self._code_assist,
+            ),
+            ("POST", "/v1internal:countTokens", "countTokens", self._code_assist),
+            ("POST", "/v1internal:loadCodeAssist", "loadCodeAssist", self._to_oauth),
+            ("POST", "/v1internal:onboardUser", "onboardUser", self._to_oauth),
+            ("GET", "/v1internal/operations/{op}", "operation", self._to_oauth),
+        ):
+            label = partial(self._code_assist_label, name)
+            routes.append(route(method, path, handler, label, CODE_ASSIST_HOSTS))
+        return routes
+
+    def dispatch(self, req: Request) -> Reply:
+        self._find_leaks(req)
+        return super().dispatch(req)
+
+    def _find_leaks(self, req: Request) -> None:
+        host = host_of(req)
+        owners = TOKEN_OWNERS.get(host, frozenset())
+        places = [(f"header {k}", v) for k, v in req.headers.items()]
+        places += [(f"query {k}", v) for k, v in req.params.items()]
+        found = [
+            Leak(provider, host, req.path, where)
+            for provider in TOKEN_PROVIDERS
+            if provider not in owners
+            for token in self.oauth.valid_access_tokens(provider)
+            for where, value in places
+            if token in value
+        ]
+        if found:
+            with self._lock:
+                self.leaks.extend(found)
+
+    # checks shared by the providers (called under the lock)
+
+    def _take(self, faults: list[Fault], provider: str, token: str | None) -> Fault | None:
+        for fault in faults:
+            if fault.provider == provider and fault.token in (None, token):
+                fault.times -= 1
+                if fault.times <= 0:
+                    faults.remove(fault)
+                return fault
+        return None
+
+    def _authenticate(self, provider: str, token: str | None, ok: bool) -> None:
+        if self._take(self._auth_faults, provider, token) is not None or not ok:
+            raise HttpError(self._unauthorized(provider, token))
+
+    def _throttle(self, provider: str, token: str | None) -> None:
+        fault = self._take(self._limits, provider, token)
+        if fault is not None:
+            raise HttpError(self._too_many(provider, fault))
+
+    def _valid(self, provider: str, token: str | None) -> bool:
+        return token is not None and token in self.oauth.valid_access_tokens(provider)
+
+    def _unauthorized(self, provider: str, token: str | None) -> Reply:
+        if provider == "copilot":
+            return text_reply(COPILOT_EXPIRED, 401)
+        if provider == "codex":
+            return json_reply(CODEX_EXPIRED, 401)
+        if provider == "anthropic":
+            return json_reply(ANTHROPIC_EXPIRED, 401)
+        if provider == "openai":
+            error = {
+                "message": f"Incorrect API key provided: {_mask(token or '')}. "
+                f"You can find your API key at {OPENAI_DOCS}.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+            return json_reply({"error": error}, 401)
+        return json_reply(GOOGLE_UNAUTHENTICATED, 401)
+
+    def _too_many(self, provider: str, fault: Fault) -> Reply:
+        secs = number(fault.seconds)
+        reset_at = int(time.time() + fault.seconds)
+        timed = fault.hint != "none"
+        retry_after: tuple[tuple[str, str], ...] = ()
+        if fault.hint == "retry-after":
+            retry_after = (("Retry-After", str(math.ceil(fault.seconds))),)
+        if provider == "copilot":
+            message = (
+                "Sorry, you've hit a rate limit that restricts the number of Copilot model "
+                "requests you can make within a specific time period."
+            )
+            if timed:
+                message += f" Please try again in {secs} seconds."
+            body: Json = {"error": {"message": message, "code": "user_weekly_rate_limited"}}
+            return with_headers(json_reply(body, 429), retry_after)
+        if provider == "codex":
+            error: Json = {
+                "type": "usage_limit_reached",
+                "message": "The usage limit has been reached",
+                "plan_type": "plus",
+            }
+            if fault.hint in ("retry-after", "body"):
+                error["resets_in_seconds"] = secs
+            if fault.hint in ("retry-after", "resets_at"):
+                error["resets_at"] = reset_at
+            headers = (("x-codex-primary-used-percent", "100"), *retry_after)
+            return with_headers(json_reply({"error": error}, 429), headers)
+        if provider == "anthropic":
+            headers = (
+                ("anthropic-ratelimit-unified-status", "rejected"),
+                ("anthropic-ratelimit-unified-5h-status", "rejected"),
+                ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+            )
+            if timed:
+                headers += (
+                    ("anthropic-ratelimit-unified-reset", str(reset_at)),
+                    ("anthropic-ratelimit-unified-5h-reset", str(reset_at)),
+                )
+            body = {
+                "type": "error",
+                "error": {
+                    "type": "rate_limit_error",
+                    "message": "This request would exceed your account's rate limit. "
+                    "Please try again later.",
+                },
+            }
+            return with_headers(json_reply(body, 429), headers + retry_after)
+        if provider == "openai":
+            message = "Rate limit reached for requests."
+            if timed:
+                message += f" Please try again in {secs}s."
+            error = {
+                "message": message,
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+            return with_headers(json_reply({"error": error}, 429), retry_after)
+        # Google RPC shape (gemini, antigravity, google): no Retry-After header, ever (§3.5).
+        info: Json = {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "RATE_LIMIT_EXCEEDED",
+            "domain": "cloudcode-pa.googleapis.com",
+            "metadata": {"model": "gemini-2.5-pro"},
+        }
+        details = [info]
+        message = "You have exhausted your capacity on this model."
+        if timed:
+            info["metadata"]["quotaResetDelay"] = f"{secs}s"
+            details.append(
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{secs}s"}
+            )
+            message += f" Your quota will reset after {secs}s."
+        body = google_error(429, "RESOURCE_EXHAUSTED", message)
+        body["error"]["details"] = details
+        return json_reply(body, 429)
+
+    # answers
+
+    def _generate(
+        self, style: str, provider: str, req: Request, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Reply:
+        body = req.body or {}
+        model = body.get("model")
+        model = model if isinstance(model, str) else DEFAULT_MODEL[style]
+        n = self.stream_events
+        if body.get("stream") is True:
+            if style == "chat":
+                events = chat_events(model, n)
+            elif style == "responses":
+                events = _Responses(model, n).events()
+            else:
+                events = anthropic_events(model, n)
+            return self._sse(provider, req, events, headers)
+        if style == "chat":
+            answer = chat_completion(model, n)
+        elif style == "responses":
+            answer = _Responses(model, n).response(True)
+        else:
+            answer = anthropic_message(model, n)
+        return with_headers(json_reply(answer), headers)
+
+    def _sse(
+        self,
+        provider: str,
+        req: Request,
+        events: list[bytes],
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Reply:
+        """A streamed reply pacing `events` `event_gap` apart, noticing a client that leaves."""
+        gap = self.event_gap
+        log = StreamLog(provider, req.path, len(events))
+        self.streams.append(log)
+
+        def produce() -> Iterator[bytes]:
+            for i, event in enumerate(events):
+                if i and gap > 0:
+                    time.sleep(gap)
+                yield event
+                log.sent += 1  # resumed: the handler wrote it and asks for the next
+            log.finished = True
+
+        def gone() -> None:
+            with self._lock:
+                log.disconnected = True
+                self.disconnects.append((provider, req.path))
+                self._lock.notify_all()
+
+        return Reply(
+            200,
+            b"",
+            "text/event-stream; charset=utf-8",
+            headers,
+            stream=produce(),
+            on_disconnect=gone,
+        )
+
+    # Copilot (§1)
+
+    def _copilot(self, style: str, req: Request) -> Reply:
+        token = req.credential("bearer")
+        self._authenticate("copilot", token, self._valid("copilot", token))
+        for header in ("Editor-Version", "Copilot-Integration-Id"):
+            if not req.headers.get(header.lower()):
+                raise HttpError(text_reply(f"bad request: missing {header} header", 400))
+        self._throttle("copilot", token)
+        if style == "models":
+            return json_reply(COPILOT_MODELS)
+        request_id = (("x-request-id", secrets.token_hex(8)),)
+        return self._generate(style, "copilot", req, request_id)
+
+    # Codex (§2)
+
+    def _codex_auth(self, req: Request) -> str | None:
+        token = req.credential("bearer")
+        self._authenticate("codex", token, self._valid("codex", token))
+        account = codex_account(token) or self.oauth.codex_account_id
+        if req.headers.get("chatgpt-account-id") != account:
+            error = {
+                "message": "The chatgpt-account-id header does not match the token's account.",
+                "type": "invalid_request_error",
+                "code": "account_mismatch",
+            }
+            raise fail(403, {"error": error})
+        return token
+
+    def _codex_headers(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ("x-codex-primary-used-percent", "12"),
+            ("x-codex-primary-window-minutes", "300"),
+            ("x-codex-secondary-used-percent", "3"),
+            ("x-codex-secondary-window-minutes", "10080"),
+        )
+
+    def _codex_responses(self, req: Request) -> Reply:
+        token = self._codex_auth(req)
+        body = req.body or {}
+        if body.get("stream") is not True:
+            raise fail(400, {"detail": "Stream must be set to true"})
+        if body.get("store") is not False:
+            raise fail(400, {"detail": "Store must be set to false"})
+        if body.get("instructions") is None:
+            raise fail(400, {"detail": "Instructions are required"})
+        self._throttle("codex", token)
+        return self._generate("responses", "codex", req, self._codex_headers())
+
+    def _codex_models(self, req: Request) -> Reply:
+        self._throttle("codex", self._codex_auth(req))
+        return with_headers(json_reply(CODEX_MODELS), self._codex_headers())
+
+    # Anthropic (§5) and the real-API-key path
+
+    def _anthropic(self, req: Request) -> Reply:
+        bearer, api_key = req.credential("bearer"), req.headers.get("x-api-key")
+        if api_key is not None:
+            if bearer is not None or not api_key.startswith("sk-ant-api"):
+                raise fail(401, anthropic_error("invalid x-api-key"))
+            self._authenticate("anthropic", api_key, True)
+            token = api_key
+        elif bearer is None:
+            raise fail(401, anthropic_error("x-api-key header is required"))
+        else:
+            self._authenticate("anthropic", bearer, self._valid("anthropic", bearer))
+            betas = [b.strip() for b in req.headers.get("anthropic-beta", "").split(",")]
+            if ANTHROPIC_OAUTH_BETA not in betas:
+                raise fail(401, anthropic_error("OAuth authentication is currently not supported."))
+            if self.anthropic_require_identity and not has_identity(req.body or {}):
+                error = {
+                    "type": "invalid_request_error",
+                    "message": "This credential is only authorized for use with Claude Code "
+                    "and cannot be used for other API requests.",
+                }
+                raise fail(400, {"type": "error", "error": error})
+            token = bearer
+        self._throttle("anthropic", token)
+        headers = (
+            ("request-id", _ident("req_")),
+            ("anthropic-ratelimit-unified-status", "allowed"),
+        )
+        return self._generate("messages", "anthropic", req, headers)
+
+    def _anthropic_profile(self, req: Request) -> Reply:
+        return self.oauth.dispatch(replace(req, path=PATHS["anthropic"]["profile"], args={}))
+
+    # api.openai.com with a real key
+
+    def _openai(self, style: str, req: Request) -> Reply:
+        key = req.credential("bearer")
+        self._authenticate("openai", key, bool(key and key.startswith("sk-")))
+        self._throttle("openai", key)
+        if style == "models":
+            return json_reply(OPENAI_MODELS)
+        return self._generate(style, "openai", req)
+
+    # Google: Code Assist (§3, §4) and generativelanguage with a real key
+
+    def _code_assist_provider(self, req: Request) -> str:
+        token = req.credential("bearer")
+        for provider in GOOGLE:
+            if self._valid(provider, token):
+                return provider
+        return "antigravity" if host_of(req).startswith("daily-") else "gemini"
+
+    def _code_assist_label(self, name: str, req: Request) -> tuple[str, str]:
+        return self._code_assist_provider(req), name
+
+    def _to_oauth(self, req: Request) -> Reply:
+        """loadCodeAssist / onboardUser / operations: the fake OAuth server answers those."""
+        base = PATHS[self._code_assist_provider(req)]["code_assist"]
+        return self.oauth.dispatch(replace(req, path=base + req.path, args={}))
+
+    def _code_assist(self, req: Request) -> Reply:
+        provider = self._code_assist_provider(req)
+        token = req.credential("bearer")
+        self._authenticate(provider, token, self._valid(provider, token))
+        body = req.body or {}
+        method = req.path.rpartition(":")[2]
+
+        def invalid(message: str) -> HttpError:
+            return fail(400, google_error(400, "INVALID_ARGUMENT", message))
+
+        if not isinstance(body.get("request"), dict):
+            raise invalid("request is required.")
+        if method != "countTokens":
+            for name in ("model", "project"):
+                if not isinstance(body.get(name), str) or not body[name]:
+                    raise invalid(f"{name} is required.")
+        self._throttle(provider, token)
+        if method == "countTokens":
+            return json_reply({"totalTokens": 10})
+        return self._gemini(provider, req, str(body["model"]), wrapped=True)
+
+    def _google_api(self, req: Request) -> Reply:
+        model, _, action = req.args["target"].partition(":")
+        key = req.headers.get("x-goog-api-key") or req.params.get("key")
+        if not key:
+            if req.credential("bearer"):
+                raise fail(401, GOOGLE_UNAUTHENTICATED)
+            raise fail(
+                403,
+                google_error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Method doesn't allow unregistered callers. Please use an API Key.",
+                ),
+            )
+        if not key.startswith("AIza"):
+            body = google_error(
+                400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."
+            )
+            body["error"]["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                }
+            ]
+            raise fail(400, body)
+        self._authenticate("google", key, True)
+        self._throttle("google", key)
+        if action == "countTokens":
+            return json_reply({"totalTokens": 10})
+        if action not in ("generateContent", "streamGenerateContent"):
+            raise fail(404, google_error(404, "NOT_FOUND", f"Unknown method {action!r}."))
+        return self._gemini("google", req, model, wrapped=False)
+
+    def _gemini(self, provider: str, req: Request, model: str, wrapped: bool) -> Reply:
+        n = self.stream_events
+        if req.path.endswith(":streamGenerateContent"):
+            chunks = gemini_chunks(model, n, wrapped)
+            if req.params.get("alt") == "sse":
+                return self._sse(provider, req, [sse(c) for c in chunks])
+            return json_reply(chunks)
+        return json_reply(gemini_response(model, n, wrapped))
+
+
+@cache
+def _dial(lib: ModuleType) -> Any:
+    """A transport class of `lib` (httpx or httpx2) sending every request to 127.0.0.1:port,
+    with the URL's host as SNI and Host."""
+
+    class Dial(lib.BaseTransport):  # type: ignore[name-defined,misc]
+        def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
+            self._port = port
+            self._inner = lib.HTTPTransport(verify=ctx)
+
+        def handle_request(self, request: Any) -> Any:
+            host = request.url.host
+            request.url = request.url.copy_with(host="127.0.0.1", port=self._port)
+            request.extensions = {**request.extensions, "sni_hostname": host}
+            return self._inner.handle_request(request)
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return Dial
