@@ -233,7 +233,7 @@ class Injector:
             pinned=pinned,
             method=req.method,
             path=req.path.split("?")[0],
-            query=_encode(query),
+            query=query,
             headers=forwardable(req.headers.fields),
             body=req.raw_content or b"",
         )
@@ -264,12 +264,6 @@ class Injector:
         self.relay.drop(ticket)
         flow.request.data = original.data
         return True
-
-
-def _encode(query: list[tuple[str, str]]) -> str:
-    from urllib.parse import urlencode
-
-    return urlencode(query)
 
 
 def _unknown(found: placeholder.Placeholder, host: str) -> str:

@@ -25,8 +25,9 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
 from login.config import is_loopback_host
-from login.errors import KeyswapError, NeedsLogin
-from login.providers.base import Provider, Route
+from login.errors import ClientError, KeyswapError, NeedsLogin
+from login.providers.base import ApiCall, LocalReply, Provider, Route
+from login.providers.streams import Reshaper
 from login.tokens import Access, TokenService
 
 from .buckets import Rotation
@@ -63,15 +64,21 @@ class Job:
     pinned: bool
     method: str
     path: str  # the client's path, e.g. /v1/chat/completions
-    query: str  # without any `key=` placeholder
+    query: list[tuple[str, str]]  # without any `key=` placeholder
     headers: list[tuple[str, str]]
     body: bytes
     created: float = field(default_factory=time.monotonic)
 
-    @property
-    def upstream_path(self) -> str:
-        rest = self.path.removeprefix(self.route.strip)
-        return rest + (f"?{self.query}" if self.query else "")
+    def call(self) -> ApiCall:
+        return ApiCall(
+            method=self.method,
+            path=self.path.removeprefix(self.route.strip),
+            query=list(self.query),
+            headers=list(self.headers),
+            body=self.body,
+            client_path=self.path,
+            client_query=list(self.query),
+        )
 
 
 @dataclass
@@ -90,6 +97,7 @@ class Answer:
     headers: list[tuple[str, str]]
     upstream: httpx.Response | None = None
     body: bytes = b""
+    reshaper: Reshaper | None = None
 
 
 class Relay:
@@ -146,14 +154,20 @@ class Relay:
             access = await self._access(provider, bucket, problems)
             if access is None:
                 continue
-            resp = await self._send(job, access)
+            sent = await self._send(job, access)
+            if isinstance(sent, Answer):
+                return sent
+            resp, call = sent
             if resp.status_code == 401:
                 # Refresh once (or adopt what another process refreshed) and try again.
                 await resp.aclose()
                 access = await self._access(provider, bucket, problems, rejected=access.token)
                 if access is None:
                     continue
-                resp = await self._send(job, access)
+                sent = await self._send(job, access)
+                if isinstance(sent, Answer):
+                    return sent
+                resp, call = sent
             if resp.status_code == 429 and not job.pinned:
                 hint = reset_after(resp.headers, await _read_some(resp))
                 wait = hint if hint is not None else self.cooldown
@@ -161,7 +175,9 @@ class Relay:
                 log.info("keyswap: %s/%s rests %d s after a 429", provider, bucket, int(wait))
                 continue
             self.rotation.served[provider, bucket] += 1
-            return Answer(resp.status_code, _response_headers(resp), upstream=resp)
+            reshaper = job.provider.reshape(call, resp.status_code)
+            headers = _response_headers(resp, reshaper)
+            return Answer(resp.status_code, headers, upstream=resp, reshaper=reshaper)
         return self._nothing_left(job, problems)
 
     async def _access(
@@ -195,28 +211,31 @@ class Relay:
         msg = f"not logged in to {provider}; run `python -m login {provider}`"
         return _error(dialect, 401, msg)
 
-    async def _send(self, job: Job, access: Access) -> httpx.Response:
+    async def _send(self, job: Job, access: Access) -> tuple[httpx.Response, ApiCall] | Answer:
         assert self.client is not None
-        base = access.base_url
-        url = httpx.URL(base + job.upstream_path)
+        try:
+            call = job.provider.prepare(job.call(), access.credential)
+        except ClientError as exc:
+            return _error(job.route.dialect, exc.status, str(exc))
+        if isinstance(call, LocalReply):
+            return Answer(call.status, [("content-type", call.content_type)], body=call.body)
+        url = httpx.URL(access.base_url + call.path, params=call.query)
         if not self._deliverable(job.provider, url, access.endpoints):
             raise KeyswapError(f"refusing to send a {job.provider.name} token to {url.host}")
-        client_headers = {k.lower(): v for k, v in job.headers}
-        headers = [(k, v) for k, v in job.headers]
-        extra = access.headers(job.path, client_headers, job.body)
-        lower_extra = {k.lower() for k in extra}
-        headers = [(k, v) for k, v in headers if k.lower() not in lower_extra]
+        extra = access.headers(call.path, {k.lower(): v for k, v in call.headers}, call.body)
+        replaced = {k.lower() for k in extra}
+        headers = [(k, v) for k, v in call.headers if k.lower() not in replaced]
         headers.extend(extra.items())
         # A bare Request: the client's headers exactly, without httpx's defaults
         # (an Accept-Encoding the client never sent would change what comes back).
         request = httpx.Request(
-            job.method,
+            call.method,
             url,
             headers=headers,
-            content=job.body,
+            content=call.body,
             extensions={"timeout": self.client.timeout.as_dict()},
         )
-        return await self.client.send(request, stream=True)
+        return await self.client.send(request, stream=True), call
 
     @staticmethod
     def _deliverable(provider: Provider, url: httpx.URL, endpoints: Any) -> bool:
@@ -242,13 +261,17 @@ def forwardable(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return out
 
 
-def _response_headers(resp: httpx.Response) -> list[tuple[str, str]]:
-    out = []
-    for key, value in resp.headers.multi_items():
-        k = key.lower()
-        if k in _HOP_BY_HOP and k != "content-length":
-            continue
-        out.append((key, value))
+def _response_headers(resp: httpx.Response, reshaper: Reshaper | None) -> list[tuple[str, str]]:
+    """Upstream's headers for the client. A reshaped body is decoded and changes size, so
+    its encoding and length go, and its content type may change."""
+    dropped = _HOP_BY_HOP - {"content-length"}
+    if reshaper is not None:
+        dropped = dropped | {"content-length", "content-encoding"}
+        if reshaper.content_type:
+            dropped = dropped | {"content-type"}
+    out = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in dropped]
+    if reshaper is not None and reshaper.content_type:
+        out.append(("content-type", reshaper.content_type))
     return out
 
 
@@ -319,10 +342,18 @@ class _RelayHandler(RequestHandler):
         if answer.upstream is None:
             self.finish(answer.body)
             return
-        async for chunk in answer.upstream.aiter_raw():
-            self.write(chunk)
-            await self.flush()
-        self.finish()
+        reshaper = answer.reshaper
+        if reshaper is None:
+            async for chunk in answer.upstream.aiter_raw():
+                self.write(chunk)
+                await self.flush()
+            self.finish()
+            return
+        async for chunk in answer.upstream.aiter_bytes():
+            if out := reshaper.feed(chunk):
+                self.write(out)
+                await self.flush()
+        self.finish(reshaper.end())
 
 
 def _reason(answer: Answer) -> str | None:

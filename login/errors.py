@@ -33,6 +33,14 @@ class RefreshFailed(KeyswapError):
     """Refreshing failed for a reason that may pass (network, 5xx); the stored login is kept."""
 
 
+class ClientError(KeyswapError):
+    """The client's request cannot be served as it is (answered with `status`)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 class StoreError(KeyswapError):
     """The token store cannot be used (unsafe permissions, no backend)."""
 

@@ -34,14 +34,15 @@ class Stack:
     def configure(self, extra: str = "") -> None:
         redirect = f'redirect_uri = "http://localhost:{self.codex_port}/auth/callback"\n'
         parts = [
-            self.oauth.config_toml("copilot", "anthropic"),
+            self.oauth.config_toml("copilot", "anthropic", "gemini", "antigravity"),
             self.oauth.config_toml("codex", extra=redirect),
             self.api.resolve_toml(),
             extra,
         ]
         # The providers' real API URLs stay: [resolve] sends them to the fake API.
         lines = "\n".join(parts).splitlines()
-        self.user.write_config("\n".join(ln for ln in lines if not ln.startswith("api =")) + "\n")
+        api = ("api =", "code_assist =")
+        self.user.write_config("\n".join(ln for ln in lines if not ln.startswith(api)) + "\n")
 
     # -- logins through the real CLI --------------------------------------------------------
 
@@ -71,6 +72,15 @@ class Stack:
         res = proc.finish()
         assert res.code == 0, res.err
         return self.token("codex", bucket)
+
+    def login_google(self, provider: str, bucket: str = "default") -> str:
+        proc = self.user.start(provider, bucket, "--no-browser")
+        url = _URL.search(proc.wait_for(self.oauth.base_url)).group(0)
+        location = httpx.get(url, follow_redirects=False).headers["location"]
+        httpx.get(location)
+        res = proc.finish()
+        assert res.code == 0, res.err
+        return self.token(provider, bucket)
 
     def token(self, provider: str, bucket: str) -> str:
         """The access token stored for provider/bucket, read through keyswap's own API."""
@@ -110,6 +120,7 @@ def stack(user: User, workdir: Path) -> Iterator[Stack]:
     ca.cert_pem.write_to_path(str(ca_pem))
     with FakeOAuth() as oauth, FakeAPI(oauth, ca) as api:
         oauth.copilot_api = "https://api.individual.githubcopilot.com"
+        user.env["SSL_CERT_FILE"] = str(ca_pem)  # the CLI's own calls reach the fake API too
         s = Stack(user, oauth, api, str(ca_pem), workdir, codex_port=free_port())
         s.configure()
         yield s

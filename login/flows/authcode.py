@@ -106,7 +106,7 @@ class CallbackListener:
         parts = urlsplit(redirect_uri)
         host = parts.hostname or "127.0.0.1"
         address = "127.0.0.1" if host == "localhost" else host
-        ports = [parts.port or 80, *fallback_ports]
+        ports = [parts.port if parts.port is not None else 80, *fallback_ports]
         last: OSError | None = None
         for port in ports:
             try:

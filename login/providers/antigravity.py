@@ -1,7 +1,13 @@
 """Antigravity via Google login (providers.md §4). Google's terms may not allow this use;
 the README says so."""
 
-from .google import GOOGLE_AUTH, GOOGLE_AUTHORIZE_PARAMS, GOOGLE_SCOPES, GoogleProvider
+from .google import (
+    GEMINI_API_ROUTES,
+    GOOGLE_AUTH,
+    GOOGLE_AUTHORIZE_PARAMS,
+    GOOGLE_SCOPES,
+    GoogleProvider,
+)
 
 PROVIDER = GoogleProvider(
     name="antigravity",
@@ -26,6 +32,10 @@ PROVIDER = GoogleProvider(
         "pluginType": "GEMINI",
     },
     fallback_project="rising-fact-p41fc",
+    routes=GEMINI_API_ROUTES,
+    envelope={"userAgent": "antigravity", "requestType": "agent", "requestId": "agent-{uuid}"},
+    drop_fields=("safetySettings",),
+    models=("gemini-3-pro-preview", "gemini-3-flash-preview", "gemini-2.5-pro", "gemini-2.5-flash"),
     # CPA refreshes Antigravity tokens 50 minutes early.
     refresh_skew=3000.0,
 )

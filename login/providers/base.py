@@ -6,19 +6,21 @@ data and overrides a hook only where the provider really differs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from ..credential import Credential
-from ..errors import LoginError, NeedsLogin, RefreshFailed
+from ..errors import ClientError, LoginError, NeedsLogin, RefreshFailed
 from ..flows import authcode, device
 from ..flows.http import body_of, error_code, error_text, send
 from ..ui import Console
+from .streams import Reshaper
 
 # Refresh answers that mean the login is gone for good (RFC 6749 §5.2, OpenAI's codes).
 _DEAD_GRANT = {
@@ -48,6 +50,44 @@ class Route(BaseModel):
 
     def matches(self, host: str, path: str) -> bool:
         return host in self.hosts and any(path.startswith(p) for p in self.prefixes)
+
+
+@dataclass
+class ApiCall:
+    """A request on its way to the provider's API, relative to the API base."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: list[tuple[str, str]]
+    body: bytes
+    client_path: str = ""
+    client_query: list[tuple[str, str]] = field(default_factory=list)
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object; ClientError when it is not one."""
+        try:
+            data = json.loads(self.body or b"{}")
+        except ValueError:
+            raise ClientError(400, "the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ClientError(400, "the request body must be a JSON object")
+        return data
+
+    def with_json(self, data: dict[str, Any], **changes: Any) -> ApiCall:
+        headers = [(k, v) for k, v in self.headers if k.lower() != "content-type"]
+        headers.append(("content-type", "application/json"))
+        body = json.dumps(data, separators=(",", ":")).encode()
+        return replace(self, body=body, headers=headers, **changes)
+
+
+@dataclass(frozen=True)
+class LocalReply:
+    """An answer keyswap gives itself, without calling the provider (e.g. a models list)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -265,6 +305,15 @@ class Provider(BaseModel):
         """Headers to set on an API request beside `Authorization: Bearer <token>`.
         `headers` are the client's (credentials already removed)."""
         return {}
+
+    def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
+        """Rewrite a request into what the provider's endpoint accepts (envelopes, required
+        fields). Raises ClientError for a request that cannot be served."""
+        return call
+
+    def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
+        """How to rewrite the response body for the client, if at all."""
+        return None
 
 
 class _Rejected(LoginError):

@@ -4,7 +4,13 @@ The individual ("Login with Google") tier ended 2026-06-18; Code Assist Standard
 Enterprise accounts with a Google Cloud project still work.
 """
 
-from .google import GOOGLE_AUTH, GOOGLE_AUTHORIZE_PARAMS, GOOGLE_SCOPES, GoogleProvider
+from .google import (
+    GEMINI_API_ROUTES,
+    GOOGLE_AUTH,
+    GOOGLE_AUTHORIZE_PARAMS,
+    GOOGLE_SCOPES,
+    GoogleProvider,
+)
 
 PROVIDER = GoogleProvider(
     name="gemini",
@@ -20,7 +26,10 @@ PROVIDER = GoogleProvider(
         "code_assist": "https://cloudcode-pa.googleapis.com",
     },
     authorize_params=GOOGLE_AUTHORIZE_PARAMS,
+    routes=GEMINI_API_ROUTES,
     native_hosts=("generativelanguage.googleapis.com",),
+    envelope={"user_prompt_id": "{uuid}"},
+    models=("gemini-2.5-pro", "gemini-2.5-flash", "gemini-3-pro-preview", "gemini-3-flash-preview"),
     ide_metadata={
         "ideType": "IDE_UNSPECIFIED",
         "platform": "PLATFORM_UNSPECIFIED",

@@ -4,16 +4,20 @@ project discovery of gemini-cli's `setup.ts` (providers.md §3.4, §4.1)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
+from pydantic import Field
 
 from ..credential import Credential
-from ..errors import LoginError
+from ..errors import ClientError, LoginError
 from ..flows.http import body_of, error_text, send
-from .base import LoginContext, Provider
+from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from .streams import MapSSE, Reshaper, SSEToJSONArray, WholeJSON
 
 
 class GoogleProvider(Provider):
@@ -21,6 +25,12 @@ class GoogleProvider(Provider):
     ide_metadata: dict[str, str]
     # Project used when Code Assist names none (Antigravity's public fallback).
     fallback_project: str | None = None
+    # Fields the envelope carries besides model/project/request (providers.md §3.3, §4.2).
+    envelope: dict[str, str] = Field(default_factory=dict)
+    # Request fields the backend refuses.
+    drop_fields: tuple[str, ...] = ()
+    # What `GET /v1beta/models` lists: the models the account can reach here.
+    models: tuple[str, ...] = ()
 
     async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
         cred = self.credential(ctx.bucket, tokens)
@@ -106,6 +116,83 @@ class GoogleProvider(Provider):
             )
         return data
 
+    # -- the public Gemini API in front of Code Assist -------------------------------------
+
+    def api_base(self, cred: Credential, endpoints: Mapping[str, str]) -> str:
+        return endpoints["code_assist"].rstrip("/")
+
+    def may_deliver_to(self, host: str, endpoints: Mapping[str, str]) -> bool:
+        return host == httpx.URL(endpoints["code_assist"]).host
+
+    def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
+        """`/v1beta/models/{model}:{method}` → `v1internal:{method}` with the envelope."""
+        rest = call.path.split("/models", 1)[-1].lstrip("/")
+        model, _, method = rest.partition(":")
+        if not method:
+            return self._models_reply(model)
+        if method not in _METHODS or call.method != "POST":
+            raise ClientError(
+                404, f"{call.method} {call.client_path} is not served for {self.name}"
+            )
+        project = cred.extra.get("project")
+        if not project:
+            again = f"python -m login {self.name}"
+            raise ClientError(401, f"this login has no Code Assist project; run `{again}`")
+        body = call.json()
+        if method == "countTokens":
+            inner = body.get("generateContentRequest") or body
+            wrapped: dict[str, Any] = {
+                "request": {"model": f"models/{model}", "contents": inner.get("contents", [])}
+            }
+        else:
+            request = {k: v for k, v in body.items() if k not in self.drop_fields}
+            wrapped = {
+                "model": model,
+                "project": project,
+                **{k: v.replace("{uuid}", str(uuid.uuid4())) for k, v in self.envelope.items()},
+                "request": request,
+            }
+        query = [("alt", "sse")] if method == "streamGenerateContent" else []
+        return call.with_json(wrapped, path=f"/v1internal:{method}", query=query)
+
+    def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
+        if status != 200:
+            return None  # Google RPC errors are already in the client's shape
+        method = call.path.rpartition(":")[2]
+        if method == "generateContent":
+            return WholeJSON(_unwrap)
+        if method == "streamGenerateContent":
+            wants_sse = ("alt", "sse") in call.client_query
+            return MapSSE(_unwrap) if wants_sse else SSEToJSONArray(_unwrap)
+        return None
+
+    def _models_reply(self, name: str) -> LocalReply:
+        def entry(model: str) -> dict[str, Any]:
+            return {
+                "name": f"models/{model}",
+                "displayName": model,
+                "supportedGenerationMethods": list(_METHODS),
+            }
+
+        if not name:
+            body: dict[str, Any] = {"models": [entry(m) for m in self.models]}
+        elif name in self.models:
+            body = entry(name)
+        else:
+            msg = f"models/{name} is not available on {self.title}"
+            body = {"error": {"code": 404, "message": msg, "status": "NOT_FOUND"}}
+            return LocalReply(404, json.dumps(body).encode())
+        return LocalReply(200, json.dumps(body).encode())
+
+
+_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+
+
+def _unwrap(obj: dict[str, Any]) -> dict[str, Any]:
+    """Code Assist wraps the public API's response in `{"response": ..., "traceId": ...}`."""
+    inner = obj.get("response")
+    return inner if isinstance(inner, dict) else obj
+
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -138,3 +225,10 @@ GOOGLE_SCOPES = (
     "https://www.googleapis.com/auth/userinfo.profile",
 )
 GOOGLE_AUTHORIZE_PARAMS = {"access_type": "offline", "prompt": "consent"}
+GEMINI_API_ROUTES = (
+    Route(
+        hosts=("generativelanguage.googleapis.com",),
+        prefixes=("/v1/models", "/v1beta/models"),
+        dialect="google",
+    ),
+)
