@@ -347,3 +347,33 @@ def test_curl_through_the_proxy(s: Stack) -> None:
     assert out.returncode == 0, out.stderr
     assert "message_stop" in out.stdout
     assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"
+
+
+# -- Codex: the plain openai SDK's Responses API on a ChatGPT login ---------------------------
+
+
+def test_openai_responses_on_codex_streamed_and_not(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = s.login_codex()
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = openai.OpenAI(api_key="oauth:codex")
+        whole = client.responses.create(model="gpt-5", input="hi", max_output_tokens=50)
+        arrivals, text = [], ""
+        stream = client.responses.create(model="gpt-5", input="hi", stream=True)
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                arrivals.append(time.monotonic())
+                text += event.delta
+    expected = "".join(str(i) for i in range(s.api.stream_events))
+    assert whole.output_text == expected
+    assert text == expected
+    assert min(gaps(arrivals)) >= 0.6 * s.api.event_gap
+    first, second = [c for c in s.api.calls if c.provider == "codex"][-2:]
+    for call in (first, second):
+        assert (call.headers["host"], call.path) == ("chatgpt.com", "/backend-api/codex/responses")
+        assert call.headers["authorization"] == f"Bearer {token}"
+        assert call.body["store"] is False and call.body["stream"] is True
+        assert call.body["instructions"] == ""
+    assert "max_output_tokens" not in first.body

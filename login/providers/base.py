@@ -63,6 +63,8 @@ class ApiCall:
     body: bytes
     client_path: str = ""
     client_query: list[tuple[str, str]] = field(default_factory=list)
+    # What `prepare` learned that `reshape` needs (e.g. whether the client wanted a stream).
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object; ClientError when it is not one."""

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from ..credential import Credential, jwt_claims
-from .base import LoginContext, Provider, Route
+from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from .streams import LastSSEEvent, Reshaper
 
 _AUTH_CLAIM = "https://api.openai.com/auth"
 
@@ -41,6 +42,33 @@ class Codex(Provider):
             update["expires_at"] = float(exp)
         return cred.model_copy(update=update)
 
+    def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
+        """The ChatGPT backend takes only stateless streamed Responses (providers.md §2.3)."""
+        if call.method != "POST" or not call.path.endswith("/responses"):
+            return call
+        body = call.json()
+        wants_stream = body.get("stream") is True
+        for name in _UNSUPPORTED:
+            body.pop(name, None)
+        body["store"] = False
+        body["stream"] = True
+        if body.get("instructions") is None:
+            body["instructions"] = ""
+        include = body.get("include")
+        include = include if isinstance(include, list) else []
+        if "reasoning.encrypted_content" not in include:
+            body["include"] = [*include, "reasoning.encrypted_content"]
+        prepared = call.with_json(body)
+        prepared.headers = [(k, v) for k, v in prepared.headers if k.lower() != "accept"]
+        prepared.headers.append(("accept", "text/event-stream"))
+        prepared.notes["stream"] = wants_stream
+        return prepared
+
+    def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
+        if status != 200 or call.notes.get("stream", True):
+            return None
+        return LastSSEEvent(_final_response)
+
     def api_headers(
         self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
     ) -> dict[str, str]:
@@ -48,6 +76,25 @@ class Codex(Provider):
         if cred.extra.get("account_id"):
             out["chatgpt-account-id"] = cred.extra["account_id"]
         return out
+
+
+# Fields the backend rejects or that make no sense without server-side storage.
+_UNSUPPORTED = (
+    "max_output_tokens",
+    "max_completion_tokens",
+    "previous_response_id",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "stream_options",
+)
+
+
+def _final_response(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished Response object a non-streaming caller expects."""
+    if event.get("type") in ("response.completed", "response.failed", "response.incomplete"):
+        response = event.get("response")
+        return response if isinstance(response, dict) else None
+    return None
 
 
 PROVIDER = Codex(
