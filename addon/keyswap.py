@@ -94,7 +94,7 @@ class Injector:
         self.tokens = TokenService(settings.config)
         self.relay = Relay(lambda: self.tokens, self.rotation)
         self.buckets: dict[str, list[str]] = {}
-        self._saved: dict[str, tuple[http.Request, str]] = {}
+        self._saved: dict[str, tuple[http.Request, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -168,49 +168,52 @@ class Injector:
             data.server.sni = data.server.sni or str(host)
             data.server.address = target
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
         found = placeholder.find(flow.request)
         if found is None:
             return
         try:
-            self._inject(flow, found)
+            job = self._job(flow, found)
+            if job is None:
+                return
+            if flow.request.headers.get("upgrade", "").lower() == "websocket":
+                await self._inject_websocket(flow, job)
+            else:
+                self._hand_to_relay(flow, job)
         except Exception:
             # Never let the placeholder or a half-built request go upstream.
             log.exception("keyswap: internal error")
-            _answer(
-                flow,
-                _dialect_for(flow.request.pretty_host),
-                500,
-                "internal error; see the proxy's log",
-            )
+            dialect = _dialect_for(flow.request.pretty_host)
+            _answer(flow, dialect, 500, "internal error; see the proxy's log")
 
-    def _inject(self, flow: http.HTTPFlow, found: placeholder.Placeholder) -> None:
+    def _job(self, flow: http.HTTPFlow, found: placeholder.Placeholder) -> Job | None:
+        """What to send where, or None after answering the client with why not."""
         req = flow.request
         host = req.pretty_host
+        path = req.path.split("?")[0]
         dialect = _dialect_for(host)
         config = self.settings.config
         if not config.proxy.allow_remote and not _is_loopback(flow):
             _answer(
                 flow, dialect, 403, "placeholder keys are served only to clients on this machine"
             )
-            return
+            return None
         provider = self._provider(found, host)
         if provider is None:
             _answer(flow, dialect, 400, _unknown(found, host))
-            return
+            return None
         if not config.provider(provider.name).enabled:
             _answer(flow, dialect, 401, f"oauth for {provider.name} is disabled in the config")
-            return
+            return None
         if req.scheme != "https":
             _answer(flow, dialect, 403, "placeholder keys are served only over https")
-            return
-        route = next((r for r in provider.routes if r.matches(host, req.path.split("?")[0])), None)
+            return None
+        route = next((r for r in provider.routes if r.matches(host, path)), None)
         if route is None:
-            where = f"{host}{req.path.split('?')[0]}"
-            _answer(flow, dialect, 403, f"{provider.name} tokens are not sent to {where}")
-            return
+            _answer(flow, dialect, 403, f"{provider.name} tokens are not sent to {host}{path}")
+            return None
         if found.bucket:
             buckets, pinned = [found.bucket], True
         else:
@@ -221,28 +224,46 @@ class Injector:
             # Cooling buckets go last: they are used only if nothing else is left.
             buckets += [b for b in available if b not in buckets]
             pinned = False
-        query = [
-            (k, v)
-            for k, v in req.query.items(multi=True)
-            if not (k == "key" and placeholder.parse(v))
-        ]
-        job = Job(
+        return Job(
             provider=provider,
             route=route,
             buckets=buckets,
             pinned=pinned,
             method=req.method,
-            path=req.path.split("?")[0],
-            query=query,
+            path=path,
+            query=[
+                (k, v) for k, v in req.query.fields if not (k == "key" and placeholder.parse(v))
+            ],
             headers=forwardable(req.headers.fields),
             body=req.raw_content or b"",
         )
+
+    def _hand_to_relay(self, flow: http.HTTPFlow, job: Job) -> None:
+        req = flow.request
         ticket = self.relay.submit(job)
         # Point the flow at the relay; the original comes back once the response starts.
         self._saved[flow.id] = (req.copy(), ticket)
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
         req.headers[TICKET_HEADER] = ticket
         req.content = b""
+
+    async def _inject_websocket(self, flow: http.HTTPFlow, job: Job) -> None:
+        """A WebSocket upgrade cannot go through the relay: mitmproxy carries it upstream
+        itself, with the token set here and the placeholder put back once the 101 arrives.
+        No 429 rotation: a socket that is open stays on its bucket."""
+        picked = await self.relay.pick(job)
+        if not isinstance(picked, tuple):
+            flow.response = http.Response.make(picked.status, picked.body, dict(picked.headers))
+            return
+        access, url = picked
+        req = flow.request
+        self._saved[flow.id] = (req.copy(), None)
+        client_headers = {k.lower(): v for k, v in job.headers}
+        req.url = str(url)
+        for name in placeholder.KEY_HEADERS:
+            req.headers.pop(name, None)
+        for key, value in access.headers(job.path, client_headers, b"").items():
+            req.headers[key] = value
 
     def _provider(self, found: placeholder.Placeholder, host: str) -> Provider | None:
         if found.provider is None:
@@ -261,7 +282,8 @@ class Injector:
         if saved is None:
             return False
         original, ticket = saved
-        self.relay.drop(ticket)
+        if ticket is not None:
+            self.relay.drop(ticket)
         flow.request.data = original.data
         return True
 

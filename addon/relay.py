@@ -180,6 +180,24 @@ class Relay:
             return Answer(resp.status_code, headers, upstream=resp, reshaper=reshaper)
         return self._nothing_left(job, problems)
 
+    async def pick(self, job: Job) -> tuple[Access, httpx.URL] | Answer:
+        """The first usable bucket's token and the URL it may go to, for a request keyswap
+        does not carry itself (a WebSocket upgrade)."""
+        problems = _Problems()
+        for bucket in job.buckets:
+            if not job.pinned and self.rotation.cooling_until(job.provider.name, bucket):
+                continue
+            access = await self._access(job.provider.name, bucket, problems)
+            if access is None:
+                continue
+            call = job.call()
+            url = httpx.URL(access.base_url + call.path, params=call.query)
+            if not self._deliverable(job.provider, url, access.endpoints):
+                return _error(job.route.dialect, 403, f"refusing to send a token to {url.host}")
+            self.rotation.served[job.provider.name, bucket] += 1
+            return access, url
+        return self._nothing_left(job, problems)
+
     async def _access(
         self, provider: str, bucket: str, problems: _Problems, rejected: str | None = None
     ) -> Access | None:
