@@ -40,6 +40,10 @@ class Settings:
         self.config = Config()
         self.path: Path | None = None
         self._mtime: float | None = None
+        self._running = False
+
+    def running(self) -> None:
+        self._running = True
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -57,7 +61,11 @@ class Settings:
         try:
             self.config = load_config(explicit)
         except KeyswapError as exc:
-            raise exceptions.OptionsError(str(exc)) from None  # type: ignore[no-untyped-call]
+            if self._running:  # a `set` at runtime: refuse it, keep the last good config
+                raise exceptions.OptionsError(str(exc)) from None  # type: ignore[no-untyped-call]
+            # At start-up an error log makes mitmdump exit, with one clear line.
+            log.error("keyswap: %s", exc)
+            return
         self.path = Path(explicit) if explicit else default_config_path()
         self._mtime = _mtime(self.path)
 

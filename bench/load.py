@@ -156,25 +156,22 @@ class _Run:
 
     async def main(self) -> Result:
         job = self.job
+        conns: list[Conn] = []
+        if job.kind != "fresh":
+            opening = (Conn.open(job.target, self.ctx) for _ in range(job.connections))
+            conns = list(await asyncio.gather(*opening))
+        await _wait_until(job.start_at)
+        began = time.perf_counter()
         if job.kind == "fresh":
-            await _wait_until(job.start_at)
             await asyncio.gather(*(self.fresh() for _ in range(job.connections)))
         else:
-            conns = await asyncio.gather(
-                *(Conn.open(job.target, self.ctx) for _ in range(job.connections))
-            )
-            await _wait_until(job.start_at)
             loop = {"json": self.keepalive, "sse": self.sse, "burst": self.burst}[job.kind]
             await asyncio.gather(*(loop(c) for c in conns))
-            for c in conns:
-                c.close()
-        r = self.result
-        r.window = (
-            sum(r.latencies) / max(1, job.connections)
-            if job.count
-            else job.duration - job.warmup
-        )
-        return r
+        elapsed = time.perf_counter() - began
+        for c in conns:
+            c.close()
+        self.result.window = elapsed if job.count else job.duration - job.warmup
+        return self.result
 
     async def keepalive(self, conn: Conn) -> None:
         request = request_bytes(self.job.target.key)

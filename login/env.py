@@ -6,6 +6,7 @@ Clients get one CA *bundle* (certifi's roots + mitmproxy's CA), because pointing
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import certifi
@@ -22,8 +23,29 @@ CA_VARS = (
 )
 
 
+DEFAULT_CONFDIR = Path("~/.mitmproxy")
+CA_NAME = "mitmproxy-ca-cert.pem"
+BUNDLE_NAME = "ca-bundle.pem"
+
+
+def ca_path(confdir: Path | None = None) -> Path:
+    """Where mitmproxy keeps its CA certificate (whether or not it exists yet)."""
+    return (confdir or DEFAULT_CONFDIR).expanduser() / CA_NAME
+
+
+def bundle_path() -> Path:
+    """Where the bundle lives (whether or not it exists yet). The path never changes, so shells
+    that already exported it keep working when the bundle is rewritten."""
+    return data_dir() / BUNDLE_NAME
+
+
+def bundle_content(ca: Path) -> bytes:
+    """What the bundle should hold: certifi's roots, then mitmproxy's CA."""
+    return Path(certifi.where()).read_bytes().rstrip(b"\n") + b"\n" + ca.read_bytes()
+
+
 def mitmproxy_ca(confdir: Path | None = None) -> Path:
-    path = (confdir or Path.home() / ".mitmproxy") / "mitmproxy-ca-cert.pem"
+    path = ca_path(confdir)
     if not path.is_file():
         raise KeyswapError(
             f"{path} does not exist yet: start the proxy once (`python -m addon`), "
@@ -34,14 +56,24 @@ def mitmproxy_ca(confdir: Path | None = None) -> Path:
 
 def write_bundle(ca: Path) -> Path:
     """certifi's roots plus mitmproxy's CA, rewritten only when either changed."""
-    bundle = private_dir(data_dir()) / "ca-bundle.pem"
-    content = Path(certifi.where()).read_bytes().rstrip(b"\n") + b"\n" + ca.read_bytes()
+    bundle = private_dir(data_dir()) / BUNDLE_NAME
+    content = bundle_content(ca)
     if not bundle.is_file() or bundle.read_bytes() != content:
-        tmp = bundle.with_suffix(".tmp")
+        tmp = bundle.with_name(f".{bundle.name}.{os.getpid()}.tmp")
         tmp.write_bytes(content)
         tmp.chmod(0o644)
         tmp.replace(bundle)
     return bundle
+
+
+def refresh_bundle(confdir: Path | None = None) -> Path | None:
+    """Bring an existing bundle up to date with mitmproxy's current CA (after the CA was
+    rotated, or certifi updated). Writes nothing when there is no bundle yet or no CA: for
+    the proxy to call at start, so shells that exported the bundle keep verifying."""
+    ca = ca_path(confdir)
+    if not bundle_path().is_file() or not ca.is_file():
+        return None
+    return write_bundle(ca)
 
 
 def env_lines(port: int, bundle: Path, shell: str) -> list[str]:
