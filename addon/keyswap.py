@@ -9,7 +9,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import server_hooks
 
 from login.config import Config, default_config_path, is_loopback_host, load_config
@@ -252,6 +252,9 @@ class Injector:
         # Point the flow at the relay; the original comes back once the response starts.
         self._saved[flow.id] = (req.copy(), ticket)
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
+        # A connection of its own, never via an upstream proxy (mitmproxy's `upstream:`
+        # mode would otherwise send the relay's address to that proxy).
+        flow.server_conn = connection.Server(address=("127.0.0.1", self.relay.port))
         req.headers[TICKET_HEADER] = ticket
         req.content = b""
 

@@ -71,6 +71,7 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        STATS["connections"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import BUCKET_PATTERN, load_config
 from .errors import KeyswapError
@@ -49,16 +49,28 @@ def _provider(value: str) -> str:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.replace(
+            "argument <provider> | <command>: invalid choice:", "unknown provider or command"
+        )
+        self.exit(2, f"✘ {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", help="config file (TOML)")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m login",
         description="Sign in to the subscriptions keyswap uses, and manage the stored logins.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="<provider> | <command>", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="<provider> | <command>", required=True, parser_class=_Parser
+    )
 
     for name, provider in sorted(PROVIDERS.items()):
         flow = "device code" if provider.flow == "device" else "browser sign-in"
@@ -117,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--confdir", metavar="DIR", help="mitmproxy's confdir, where its CA lives (~/.mitmproxy)"
     )
     p.set_defaults(run=_env)
+
+    p = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the proxy, its CA, TLS through it, the token store and every login",
+        description="Check that clients can use keyswap: one line per check, ✔ or ✘ with the "
+        "fix (? = could not be checked). Exit status 0 when nothing failed. Never prints a token.",
+    )
+    p.add_argument("--port", type=int, default=8080, help="the proxy's port (default: 8080)")
+    p.add_argument(
+        "--confdir",
+        metavar="DIR",
+        help="mitmproxy's confdir, where its CA lives (default: the running proxy's, "
+        "else ~/.mitmproxy)",
+    )
+    p.add_argument(
+        "--host",
+        default="api.anthropic.com",
+        help="provider host for the TLS check (default: api.anthropic.com)",
+    )
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per network step")
+    p.set_defaults(run=_doctor)
 
     p = sub.add_parser("refresh", parents=[common], help="refresh a login's access token now")
     p.add_argument("provider", type=_provider)
@@ -245,6 +279,15 @@ def _env(args: argparse.Namespace) -> int:
     bundle = write_bundle(mitmproxy_ca(Path(args.confdir) if args.confdir else None))
     print("\n".join(env_lines(args.port, bundle, args.shell)))
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .doctor import Options, run
+
+    confdir = Path(args.confdir).expanduser() if args.confdir else None
+    return run(Options(args.port, confdir, args.config, args.host, args.timeout))
 
 
 def _refresh(args: argparse.Namespace) -> int:

@@ -67,8 +67,10 @@ def make_client(
 ) -> httpx.AsyncClient:
     ctx = verify or ssl_context()
     inner = httpx.AsyncHTTPTransport(verify=ctx, proxy=proxy, retries=1)
+    # Through an upstream proxy, names are the proxy's to resolve.
+    transport = inner if proxy else _ResolvingTransport(inner, config)
     return httpx.AsyncClient(
-        transport=_ResolvingTransport(inner, config),
+        transport=transport,
         timeout=httpx.Timeout(timeout, connect=10.0),
         headers={"User-Agent": USER_AGENT},
         trust_env=False,

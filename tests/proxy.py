@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-_LISTENING = re.compile(r"proxy listening at (\S+?):(\d+)")
+_LISTENING = re.compile(r"listening at (\S+?):(\d+)")
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
 
 

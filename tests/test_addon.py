@@ -377,3 +377,41 @@ def test_openai_responses_on_codex_streamed_and_not(
         assert call.body["store"] is False and call.body["stream"] is True
         assert call.body["instructions"] == ""
     assert "max_output_tokens" not in first.body
+
+
+def test_round_robin_alternates_buckets(s: Stack) -> None:
+    s.configure('[providers.anthropic]\nbuckets = ["a", "b"]\n')  # round-robin is the default
+    token_a, token_b = s.login_anthropic("a"), s.login_anthropic("b")
+    with s.proxy() as proxy, http_client(proxy) as client:
+        for _ in range(4):
+            resp = client.post(
+                "https://api.anthropic.com/v1/messages",
+                headers={"x-api-key": "oauth:anthropic"},
+                json={"model": "m", "max_tokens": 5, "messages": []},
+            )
+            assert resp.status_code == 200
+        pinned = client.post(
+            "https://api.anthropic.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic:b"},
+            json={"model": "m", "max_tokens": 5, "messages": []},
+        )
+    assert pinned.status_code == 200
+    used = [c.headers["authorization"].split()[-1] for c in s.api.calls]
+    assert used == [token_a, token_b, token_a, token_b, token_b]
+
+
+def test_upstream_proxy_mode_carries_keyswaps_requests(s: Stack) -> None:
+    from tests.connect_proxy import ConnectProxy
+
+    token = s.login_anthropic()
+    routes = {"api.anthropic.com:443": ("127.0.0.1", s.api.port)}
+    with ConnectProxy(routes) as upstream:
+        with s.proxy("--mode", f"upstream:{upstream.url}") as proxy, http_client(proxy) as c:
+            resp = c.post(
+                "https://api.anthropic.com/v1/messages",
+                headers={"x-api-key": "oauth:anthropic"},
+                json={"model": "m", "max_tokens": 5, "messages": []},
+            )
+    assert resp.status_code == 200, resp.text
+    assert "api.anthropic.com:443" in upstream.connects
+    assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"

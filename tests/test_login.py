@@ -326,3 +326,25 @@ def test_no_network_is_one_clear_line(user: User) -> None:
     assert res.err.strip().splitlines() == [
         "✘ requesting a device code: cannot reach 127.0.0.1 (ConnectError)"
     ]
+
+
+def test_unknown_provider_is_one_line(user: User) -> None:
+    res = user.run("nope")
+    assert res.code == 2
+    [line] = res.err.strip().splitlines()
+    assert line.startswith("✘ unknown provider or command 'nope' (choose from 'anthropic'")
+    assert line.endswith("(see `python -m login --help`)")
+
+
+def test_every_help_reads(user: User) -> None:
+    for args in (
+        ["--help"],
+        ["copilot", "--help"],
+        ["codex", "--help"],
+        ["status", "--help"],
+        ["logout", "--help"],
+        ["refresh", "--help"],
+        ["env", "--help"],
+    ):
+        res = user.run(*args)
+        assert res.code == 0 and res.out.startswith("usage: python -m login"), args

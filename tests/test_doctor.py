@@ -1,0 +1,170 @@
+"""`python -m login doctor`, run as a user would: without a proxy, against a real mitmdump with
+keyswap loaded (offline: mitmproxy's lazy strategy does TLS without dialing upstream), and
+over stored logins in every state."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.conftest import Result, User, free_port
+from tests.fakes.oauth import FakeOAuth
+from tests.proxy import Mitmdump, base_env
+from tests.test_login import login_anthropic
+
+LINUX = sys.platform.startswith("linux")
+
+
+def doctor(user: User, *args: str) -> tuple[Result, dict[str, str]]:
+    """Run the doctor; its lines keyed by what they are about."""
+    res = user.run("doctor", "--timeout", "5", *args)
+    assert "Traceback" not in res.err, res.err
+    lines = res.out.splitlines()
+    assert lines and all(line[:2] in ("✔ ", "✘ ", "? ") for line in lines), res.out
+    keys = {
+        "proxy reachable": "proxy",
+        "proxy not reachable": "proxy",
+        "CA bundle": "bundle",
+        "no CA bundle": "bundle",
+        "mitmproxy's CA": "bundle",
+        "keeps its CA": "bundle",
+        "TLS through the proxy": "tls",
+        "api.anthropic.com is not reachable from": "upstream",
+        "api.anthropic.com reachable through": "upstream",
+        "api.anthropic.com did not answer": "upstream",
+        "config:": "config",
+        "token store": "store",
+        "the proxy (pid": "proxy-env",
+        "the proxy process's HTTPS_PROXY": "proxy-env",
+        "no stored logins": "logins",
+    }
+    found: dict[str, str] = {}
+    for line in lines:
+        if line[2:].startswith("login "):  # one per stored login: "login provider:bucket: …"
+            found[line[2:].split(": ")[0].removeprefix("login ")] = line
+            continue
+        key = next((key for needle, key in keys.items() if needle in line), None)
+        if key is not None and key not in found:
+            found[key] = line
+    return res, found
+
+
+def test_without_a_proxy_says_how_to_start_it(user: User, tmp_path: Path) -> None:
+    port = free_port()  # nothing listens here
+    res, lines = doctor(user, "--port", str(port), "--confdir", str(tmp_path / "none"))
+    assert res.code == 1
+    assert res.out.splitlines()[0] == lines["proxy"]
+    assert lines["proxy"].startswith(f"✘ proxy not reachable at 127.0.0.1:{port}")
+    assert f"python -m addon --listen-port {port}" in lines["proxy"]
+    assert lines["bundle"].startswith("✘") and "does not exist" in lines["bundle"]
+    assert lines["tls"].startswith("? ") and "not checked" in lines["tls"]
+    assert lines["proxy-env"].startswith("? ") and "could not be checked" in lines["proxy-env"]
+    assert lines["store"] == (
+        f"✔ token store: encrypted files in {user.data_dir / 'tokens'} (KEYSWAP_STORE=file)"
+    )
+    assert lines["logins"].startswith("✘ no stored logins") and "python -m login" in res.out
+
+
+def test_against_a_running_proxy(user: User, tmp_path: Path) -> None:
+    with Mitmdump(tmp_path, base_env(user.env)) as proxy:
+        port, confdir = str(proxy.port), str(proxy.confdir)
+        assert user.run("env", "--port", port, "--confdir", confdir).code == 0
+        res, lines = doctor(user, "--port", port, "--confdir", confdir)
+
+        assert (
+            lines["proxy"]
+            == f"✔ proxy reachable at 127.0.0.1:{port} (it forwarded an HTTP request)"
+        )
+        bundle = user.data_dir / "ca-bundle.pem"
+        assert lines["bundle"].startswith(f"✔ CA bundle {bundle} holds mitmproxy's current CA")
+        # Offline, the lazy strategy lets mitmproxy finish the handshake itself.
+        assert lines["tls"] == (
+            f"✔ TLS through the proxy to api.anthropic.com verifies with the bundle {bundle} "
+            "(certificate by commonName=mitmproxy, organizationName=mitmproxy)"
+        )
+        # Whether the provider answers is reported on its own line, either way.
+        assert lines["upstream"].startswith(("✔ api.anthropic.com reachable", "✘ api.anthropic"))
+        if LINUX:
+            assert lines["proxy-env"].startswith("✔ the proxy (pid ")
+            assert "does not point at itself (no proxy variables)" in lines["proxy-env"]
+            # Without --confdir the doctor reads the running proxy's.
+            _, again = doctor(user, "--port", port)
+            assert (
+                again["bundle"].startswith("✔ CA bundle") and str(proxy.confdir) in again["bundle"]
+            )
+    # Nothing is logged in, so the run as a whole fails, and says why.
+    assert res.code == 1 and lines["logins"].startswith("✘ no stored logins")
+
+
+@pytest.mark.skipif(not LINUX, reason="reads the proxy's environment from /proc")
+def test_stale_bundle_and_a_proxy_that_points_at_itself(user: User, tmp_path: Path) -> None:
+    # A bundle written for another CA, as after the CA was rotated.
+    old = tmp_path / "old-confdir"
+    old.mkdir()
+    trustme.CA().cert_pem.write_to_path(str(old / "mitmproxy-ca-cert.pem"))
+    assert user.run("env", "--confdir", str(old)).code == 0
+
+    port = free_port()
+    env = {**base_env(user.env), "HTTPS_PROXY": f"http://127.0.0.1:{port}"}
+    with Mitmdump(tmp_path, env, "--listen-port", str(port)) as proxy:
+        assert proxy.port == port
+        res, lines = doctor(user, "--port", str(port))
+        assert res.code == 1
+        assert lines["proxy"].startswith("✔ proxy reachable")
+        fix = f'eval "$(python -m login env --port {port} --confdir {proxy.confdir})"'
+        assert lines["bundle"].startswith("✘ the CA bundle") and lines["bundle"].endswith(fix)
+        assert lines["tls"].startswith(
+            "✘ TLS through the proxy to api.anthropic.com: the "
+            "certificate does not verify with the bundle"
+        )
+        assert lines["proxy-env"].startswith("✘ the proxy (pid ")
+        assert f"HTTPS_PROXY=http://127.0.0.1:{port}: that is itself" in lines["proxy-env"]
+        assert "env -u HTTPS_PROXY" in lines["proxy-env"]
+
+        # Pointing the doctor at another confdir than the proxy's is named as such.
+        _, lines = doctor(user, "--port", str(port), "--confdir", str(old))
+        assert lines["bundle"].startswith("✘ the proxy on port") and str(old) in lines["bundle"]
+
+        # Rewriting the bundle (same path, so exported shells need nothing else) fixes both.
+        assert user.run("env", "--port", str(port), "--confdir", str(proxy.confdir)).code == 0
+        _, lines = doctor(user, "--port", str(port))
+        assert lines["bundle"].startswith("✔ CA bundle")
+        assert lines["tls"].startswith("✔ TLS through the proxy")
+
+
+def test_logins_show_their_states_and_no_token(user: User, fake: FakeOAuth) -> None:
+    user.write_config(fake.config_toml("anthropic"))
+    login_anthropic(user, fake, "dead")
+    fake.revoke_refresh_tokens("anthropic")
+    assert user.run("refresh", "anthropic", "dead").code == 1  # now marked needs-login
+    fake.anthropic_ttl = 1
+    login_anthropic(user, fake, "old")
+    fake.anthropic_ttl = 28800
+    login_anthropic(user, fake, "ok")
+    login_anthropic(user, fake, "bad")
+    (user.data_dir / "tokens" / "anthropic" / "bad.tok").write_bytes(b"garbage")
+    time.sleep(1.1)  # "old" has expired by now
+
+    res, lines = doctor(user, "--port", str(free_port()), "--config", str(user.config))
+    assert res.code == 1
+    assert lines["config"] == f"✔ config: {user.config}"
+    by_bucket = {
+        name.removeprefix("anthropic:"): line
+        for name, line in lines.items()
+        if name.startswith("anthropic:")
+    }
+    assert sorted(by_bucket) == ["bad", "dead", "ok", "old"]
+    assert by_bucket["ok"].startswith("✔ login anthropic:ok: valid (user@example.com, expires in")
+    assert by_bucket["old"].startswith("✔ login anthropic:old: expired-refreshable")
+    assert by_bucket["dead"].startswith("✘ login anthropic:dead: needs-login")
+    assert by_bucket["dead"].endswith("— fix: python -m login anthropic dead")
+    assert by_bucket["bad"] == (
+        "✘ login anthropic:bad: corrupt (unreadable) — fix: python -m login logout anthropic bad; "
+        "then python -m login anthropic bad"
+    )
+    issued = [*fake._tokens.access, *fake._tokens.refresh]
+    assert issued and not any(token in res.out + res.err for token in issued)
