@@ -72,7 +72,11 @@ def run(opts: Options, out: TextIO | None = None) -> int:
     failed = False
     for check in checks(opts):
         failed = failed or check.status == "fail"
-        print(check.line(), file=stream, flush=True)
+        try:
+            print(check.line(), file=stream, flush=True)
+        except BrokenPipeError:  # `doctor | head`: stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            return 1
     return 1 if failed else 0
 
 
@@ -374,7 +378,13 @@ def _mitm_message(body: bytes | str) -> str | None:
     """The reason inside mitmproxy's own error page, if this is one."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     found = re.search(r"<p>(.*?)</p>", text, re.S)
-    return html.unescape(found[1]).strip() if found else None
+    if found:
+        return html.unescape(found[1]).strip() or None
+    if "<" in text:
+        return None
+    # mitmproxy's plain-text CONNECT error ends with advice about connection_strategy
+    text = " ".join(text.split(" If you plan to redirect")[0].split())
+    return (text[:200] + "…" if len(text) > 200 else text) or None
 
 
 Name = tuple[tuple[tuple[str, str], ...], ...]

@@ -22,7 +22,7 @@ from .errors import CorruptEntry, KeyswapError, NeedsLogin
 from .net import make_client
 from .providers import PROVIDERS, LoginContext, Provider
 from .store import Store, async_file_lock, entry_name, open_store
-from .ui import Console
+from .ui import LoginUI
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class TokenService:
         self,
         provider: str,
         bucket: str,
-        ui: Console,
+        ui: LoginUI,
         *,
         timeout: float = 300.0,
         device: bool = False,

@@ -13,8 +13,6 @@ import errno
 import hashlib
 import re
 import secrets
-import sys
-import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -25,7 +23,7 @@ from tornado.web import Application, RequestHandler
 
 from ..config import is_loopback_host
 from ..errors import LoginError
-from ..ui import Console
+from ..ui import LoginUI
 
 
 @dataclass(frozen=True)
@@ -146,22 +144,9 @@ class CallbackListener:
             self._server = None
 
 
-def _read_stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
-    for line in sys.stdin:
-        loop.call_soon_threadsafe(queue.put_nowait, line)
-    loop.call_soon_threadsafe(queue.put_nowait, None)
-
-
-async def _pasted(state: str, ui: Console) -> Callback:
-    """Wait for a usable pasted answer on stdin; a wrong one is reported and ignored."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-    threading.Thread(target=_read_stdin_lines, args=(loop, queue), daemon=True).start()
-    while True:
-        line = await queue.get()
-        if line is None:  # stdin closed: only the callback can finish the login
-            await asyncio.Event().wait()
-            continue
+async def _pasted(state: str, ui: LoginUI) -> Callback:
+    """Wait for a usable pasted answer; a wrong one is reported and ignored."""
+    async for line in ui.pasted():
         cb = parse_pasted(line)
         if cb is None:
             if line.strip():
@@ -171,10 +156,12 @@ async def _pasted(state: str, ui: Console) -> Callback:
             ui.step("That code belongs to another login (state mismatch); paste the latest one")
             continue
         return cb
+    await asyncio.Event().wait()  # nothing more will be pasted: only the callback can finish
+    raise AssertionError("unreachable")
 
 
 async def wait_for_code(
-    listener: CallbackListener | None, state: str, ui: Console, timeout: float
+    listener: CallbackListener | None, state: str, ui: LoginUI, timeout: float
 ) -> str:
     """The authorization code from the callback or from stdin, whichever comes first."""
     waiters: list[asyncio.Future[Callback]] = [asyncio.ensure_future(_pasted(state, ui))]

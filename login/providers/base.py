@@ -19,7 +19,7 @@ from ..credential import Credential
 from ..errors import ClientError, LoginError, NeedsLogin, RefreshFailed
 from ..flows import authcode, device
 from ..flows.http import body_of, error_code, error_text, send
-from ..ui import Console
+from ..ui import LoginUI
 from .streams import Reshaper
 
 # Refresh answers that mean the login is gone for good (RFC 6749 §5.2, OpenAI's codes).
@@ -96,7 +96,7 @@ class LocalReply:
 class LoginContext:
     http: httpx.AsyncClient
     endpoints: Mapping[str, str]
-    ui: Console
+    ui: LoginUI
     bucket: str
     timeout: float = 300.0
     device: bool = False  # prefer a device-code flow where the provider has both
@@ -146,17 +146,7 @@ class Provider(BaseModel):
         code = await device.request_code(
             ctx.http, ctx.endpoints["device_code"], self.client_id, scope
         )
-        ctx.ui.step(f"First copy your one-time code: {code.user_code}")
-        url = code.verification_uri
-        host = httpx.URL(url).host
-        if ctx.ui.interactive and not ctx.ui.no_browser:
-            ctx.ui.say(f"Press Enter to open {host} in your browser...")
-            await _readline()
-            if not ctx.ui.open(url):
-                ctx.ui.step(f"Could not open a browser; open {url} and enter the code")
-        else:
-            ctx.ui.say(f"Open {url} in a browser and enter the code.")
-        ctx.ui.say("Waiting for authorization...")
+        await ctx.ui.device_code(code.user_code, code.verification_uri)
         return await device.poll_token(ctx.http, ctx.endpoints["token"], self.client_id, code)
 
     async def _auth_code_login(self, ctx: LoginContext) -> dict[str, Any]:
@@ -186,17 +176,8 @@ class Provider(BaseModel):
             "state": state,
         }
         url = authcode.authorize_url(ctx.endpoints["authorize"], params)
-        host = httpx.URL(url).host
         try:
-            if ctx.ui.open(url):
-                ctx.ui.step(f"Opened {host} in your browser. If it did not open, visit:")
-            else:
-                ctx.ui.step(f"Open this URL in a browser to sign in to {self.title}:")
-            ctx.ui.say(f"  {url}")
-            if listener is None:
-                ctx.ui.say("Then paste the code it shows here:")
-            else:
-                ctx.ui.say("Waiting for the browser... (or paste the redirect URL here)")
+            ctx.ui.authorize_url(url, self.title, listening=listener is not None)
         except BaseException:
             if listener is not None:
                 listener.close()
@@ -325,10 +306,3 @@ class _Rejected(LoginError):
         self.status, self.code = status, error_code(data)
         self.reason = error_text(data) or f"HTTP {status}"
         super().__init__(f"{what} failed: {self.reason}")
-
-
-async def _readline() -> str:
-    import asyncio
-    import sys
-
-    return await asyncio.to_thread(sys.stdin.readline)
