@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
 import ssl
 from pathlib import Path
 from typing import Any
 
+import httpx
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import server_hooks
 
-from login.config import Config, default_config_path, is_loopback_host, load_config
+from login.config import (
+    ClientSettings,
+    Config,
+    default_config_path,
+    is_loopback_host,
+    load_config,
+)
 from login.errors import KeyswapError
 from login.net import make_client, ssl_context
 from login.providers import PROVIDERS
@@ -182,6 +190,7 @@ class Injector:
         found = placeholder.find(flow.request)
         if found is None:
             return
+        placeholder.redact(flow.request, found)
         try:
             job = self._job(flow, found)
             if job is None:
@@ -208,6 +217,14 @@ class Injector:
                 flow, dialect, 403, "placeholder keys are served only to clients on this machine"
             )
             return None
+        if origin := _web_page(req, config.proxy.allow_origins):
+            why = f"requests from web pages ({origin}) get no token"
+            _answer(flow, dialect, 403, f"{why}; allow it in [proxy] allow_origins")
+            return None
+        client = _client(config, found)
+        if isinstance(client, str):
+            _answer(flow, dialect, 401, client)
+            return None
         provider = self._provider(found, host)
         if provider is None:
             _answer(flow, dialect, 400, _unknown(found, host))
@@ -222,11 +239,16 @@ class Injector:
         if route is None:
             _answer(flow, dialect, 403, f"{provider.name} tokens are not sent to {host}{path}")
             return None
+        if client is not None and not client.admits(provider.name, found.bucket):
+            _answer(flow, dialect, 403, f"this client may not use {provider.name}")
+            return None
         if found.bucket:
             buckets, pinned = [found.bucket], True
         else:
             settings = config.provider(provider.name)
             available = settings.buckets or self.buckets.get(provider.name, [])
+            if client is not None and "*" not in client.allow and provider.name not in client.allow:
+                available = [b for b in available if client.admits(provider.name, b)]
             strategy = settings.strategy or config.proxy.strategy
             buckets = self.rotation.plan(provider.name, list(available), strategy)
             # Cooling buckets go last: they are used only if nothing else is left.
@@ -304,6 +326,43 @@ def _unknown(found: placeholder.Placeholder, host: str) -> str:
         known = ", ".join(sorted(PROVIDERS))
         return f"unknown provider {found.provider!r} in the placeholder (known: {known})"
     return f"a bare `oauth` key names no provider on {host}; use oauth:<provider>"
+
+
+def _web_page(req: http.Request, allowed: list[str]) -> str | None:
+    """The origin of a browser request (a page's fetch, form post or image load), unless the
+    user allowed it. A URL the user typed (`Sec-Fetch-Site: none`) is not a page's."""
+    site = req.headers.get("sec-fetch-site", "").lower()
+    source = req.headers.get("origin") or req.headers.get("referer")
+    from_page = (
+        "origin" in req.headers
+        or site in ("cross-site", "same-site")
+        or (not site and source is not None and _origin(source) != f"https://{req.pretty_host}")
+    )
+    if not from_page:
+        return None
+    origin = _origin(source) if source else "another site"
+    return None if origin in {_origin(a) for a in allowed} else origin
+
+
+def _origin(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return url
+    return f"{parsed.scheme}://{parsed.netloc.decode()}" if parsed.scheme else url
+
+
+def _client(config: Config, found: placeholder.Placeholder) -> ClientSettings | str | None:
+    """The client whose secret the placeholder carries; a str says why none matches.
+    None when the proxy has no client list."""
+    if not config.clients:
+        return None
+    if not found.secret:
+        return "this proxy needs a client secret in the key: oauth:<provider>#<secret>"
+    for client in config.clients.values():
+        if hmac.compare_digest(client.secret.encode(), found.secret.encode()):
+            return client
+    return "unknown client secret"
 
 
 def _is_loopback(flow: http.HTTPFlow) -> bool:

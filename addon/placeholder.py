@@ -1,4 +1,5 @@
-"""Placeholder keys: `oauth`, `oauth:<provider>`, `oauth:<provider>:<bucket>`."""
+"""Placeholder keys: `oauth`, `oauth:<provider>`, `oauth:<provider>:<bucket>`, each with an
+optional `#<client secret>` for proxies shared between clients."""
 
 from __future__ import annotations
 
@@ -11,22 +12,27 @@ from mitmproxy import http
 KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
 
 _PLACEHOLDER = re.compile(
-    r"oauth(?::(?P<provider>[a-z][a-z0-9_-]{0,31})(?::(?P<bucket>[A-Za-z0-9][A-Za-z0-9@._+-]{0,127}))?)?"
+    r"oauth"
+    r"(?::(?P<provider>[a-z][a-z0-9_-]{0,31})"
+    r"(?::(?P<bucket>[A-Za-z0-9][A-Za-z0-9@._+-]{0,127}))?)?"
+    r"(?:#(?P<secret>[A-Za-z0-9._~+/=-]{1,256}))?"
 )
+REDACTED = "<redacted>"
 
 
 @dataclass(frozen=True)
 class Placeholder:
     provider: str | None
     bucket: str | None
-    where: str  # the header name, or "key" for the query parameter
+    secret: str | None = None
+    where: str = ""  # the header name, or "key" for the query parameter
 
 
-def parse(value: str) -> tuple[str | None, str | None] | None:
-    """(provider, bucket) if `value` is a placeholder, else None. Anything else, including
-    something that merely starts with "oauth", is a real key and passes untouched."""
+def parse(value: str, where: str = "") -> Placeholder | None:
+    """The placeholder in `value`, else None. Anything else, including something that merely
+    starts with "oauth", is a real key and passes untouched."""
     m = _PLACEHOLDER.fullmatch(value.strip())
-    return (m["provider"], m["bucket"]) if m else None
+    return Placeholder(m["provider"], m["bucket"], m["secret"], where) if m else None
 
 
 def find(request: http.Request) -> Placeholder | None:
@@ -38,10 +44,19 @@ def find(request: http.Request) -> Placeholder | None:
             scheme, _, value = value.partition(" ")
             if scheme.lower() != "bearer":
                 continue
-        found = parse(value)
-        if found:
-            return Placeholder(*found, where=name)
+        if found := parse(value, name):
+            return found
     key = request.query.get("key")
-    if key is not None and (found := parse(key)):
-        return Placeholder(*found, where="key")
+    if key is not None and (found := parse(key, "key")):
+        return found
     return None
+
+
+def redact(request: http.Request, found: Placeholder) -> None:
+    """Keep a client secret out of the flow that mitmproxy shows and saves."""
+    if not found.secret:
+        return
+    if found.where == "key":
+        request.query["key"] = request.query["key"].replace(found.secret, REDACTED)
+    else:
+        request.headers[found.where] = request.headers[found.where].replace(found.secret, REDACTED)

@@ -51,6 +51,25 @@ class ProxySettings(_Strict):
     strategy: Strategy = "round-robin"
     cooldown: float = Field(60.0, gt=0, description="seconds, when a 429 carries no reset hint")
     allow_remote: bool = False
+    # Web pages (by origin, e.g. "https://my.app") allowed to spend the subscriptions.
+    allow_origins: list[str] = Field(default_factory=list)
+
+
+class ClientSettings(_Strict):
+    """A client of a shared proxy: its placeholders carry `#<secret>`."""
+
+    secret: str = Field(min_length=16, pattern=r"^[A-Za-z0-9._~+/=-]+$")
+    # "provider" or "provider:bucket"; default: everything.
+    allow: list[str] = Field(default_factory=lambda: ["*"])
+
+    def admits(self, provider: str, bucket: str | None = None) -> bool:
+        """Whether this client may use that bucket (or, with no bucket, some bucket)."""
+        return any(
+            rule in ("*", provider)
+            or rule == f"{provider}:{bucket}"
+            or (bucket is None and rule.startswith(f"{provider}:"))
+            for rule in self.allow
+        )
 
 
 class ProviderSettings(_Strict):
@@ -71,6 +90,8 @@ class Config(_Strict):
     proxy: ProxySettings = ProxySettings()
     resolve: dict[str, str] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    # Once any client is listed, every placeholder must carry one of their secrets.
+    clients: dict[str, ClientSettings] = Field(default_factory=dict)
     path: str | None = Field(None, exclude=True)
 
     @field_validator("resolve")

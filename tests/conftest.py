@@ -19,6 +19,9 @@ from tests.secret_service import secret_service_env  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Everything the programs under test printed, scanned after each test for live tokens.
+OUTPUTS: list[str] = []
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -55,6 +58,7 @@ class User:
             text=True,
             timeout=timeout,
         )
+        OUTPUTS.append(done.stdout + done.stderr)
         return Result(done.returncode, done.stdout, done.stderr)
 
 
@@ -120,12 +124,25 @@ class Proc:
         out = self.popen.stdout.read()
         if self.pump is not None:
             self.pump.join(timeout=5)
+        OUTPUTS.append(out + "\n".join(self.lines))
         return Result(self.popen.returncode, out, "\n".join(self.lines))
 
     def kill(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait()
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_any_output() -> Iterator[None]:
+    """No token a fake issued may appear in anything keyswap printed during the test."""
+    FakeOAuth.instances.clear()
+    OUTPUTS.clear()
+    yield
+    secrets = {t for fake in FakeOAuth.instances for t in fake.issued_secrets() if len(t) >= 12}
+    for text in OUTPUTS:
+        leaked = [t[:8] + "…" for t in secrets if t in text]
+        assert not leaked, f"live tokens in program output: {leaked}"
 
 
 @pytest.fixture

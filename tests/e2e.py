@@ -110,7 +110,11 @@ class Stack:
             *args,
             upstream_ca=self.ca_pem,
         ) as proxy:
-            yield proxy
+            try:
+                yield proxy
+            except BaseException:
+                print("---- mitmdump output ----\n" + proxy.output)  # shown when a test fails
+                raise
 
 
 @contextmanager

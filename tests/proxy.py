@@ -101,6 +101,9 @@ class Mitmdump:
         raise AssertionError(f"{needle!r} not in mitmdump output:\n{self.output}")
 
     def __exit__(self, *exc: object) -> None:
+        from tests.conftest import OUTPUTS
+
+        OUTPUTS.append(self.output)
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 from urllib.parse import urlencode, urlsplit
 
 from .server import (
@@ -298,8 +298,12 @@ class DeviceCode:
 class FakeOAuth(FakeServer):
     """Fake OAuth/token endpoints of all keyswap providers. See the module docstring."""
 
+    # Every instance, so the test run can be scanned for any token they ever issued.
+    instances: ClassVar[list[FakeOAuth]] = []
+
     def __init__(self, tls: trustme.CA | None = None) -> None:
         super().__init__(tls)
+        FakeOAuth.instances.append(self)
         # device flow (Copilot)
         self.device_interval: float = 1
         self.device_expires_in: float = 900
@@ -343,6 +347,11 @@ class FakeOAuth(FakeServer):
         return "\n".join(lines) + extra
 
     # token state
+
+    def issued_secrets(self) -> set[str]:
+        """Every access and refresh token this server ever issued, live or not."""
+        with self._lock:
+            return set(self._tokens.access) | set(self._tokens.refresh)
 
     def valid_access_tokens(self, provider: str) -> set[str]:
         """Unexpired, unrevoked access tokens; "copilot" = Copilot tokens, "github" = gho_."""

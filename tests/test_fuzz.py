@@ -1,0 +1,122 @@
+"""Bad input everywhere: the parsers never crash, and a crash mid-write loses nothing."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from addon.placeholder import parse
+from login.config import load_config
+from login.credential import Credential
+from login.errors import ConfigError
+from login.providers.streams import MapSSE, SSESplitter, SSEToJSONArray
+from login.store.files import FileStore
+
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(st.text(max_size=300))
+def test_placeholder_parser_takes_anything(value: str) -> None:
+    found = parse(value)
+    if found is not None:
+        assert value.strip().startswith("oauth")
+
+
+@FAST
+@given(
+    st.sampled_from(["copilot", "codex", "anthropic", "x-y_z"]),
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9@._+-]{0,20}", fullmatch=True),
+    st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9._~+/=-]{1,40}", fullmatch=True)),
+)
+def test_placeholders_round_trip(provider: str, bucket: str, secret: str | None) -> None:
+    text = f"oauth:{provider}:{bucket}" + (f"#{secret}" if secret else "")
+    found = parse(text)
+    assert found is not None
+    assert (found.provider, found.bucket, found.secret) == (provider, bucket, secret)
+
+
+TOMLISH = st.text(
+    alphabet="[]=\"'\n.,{}# proxyclientsendpoints0123456789truefalse-_:/", max_size=200
+)
+
+
+@FAST
+@given(TOMLISH)
+def test_config_loader_only_raises_config_errors(tmp_path_factory, text: str) -> None:
+    path = tmp_path_factory.mktemp("cfg") / "config.toml"
+    path.write_text(text)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert str(path) in str(exc)
+
+
+def _events(texts: list[str], crlf: bool) -> bytes:
+    sep = "\r\n" if crlf else "\n"
+    return "".join(f"data: {t}{sep}{sep}" for t in texts).encode()
+
+
+@FAST
+@given(
+    st.lists(st.text(alphabet='abc{}":0123 ', min_size=1, max_size=20), max_size=8),
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+)
+def test_sse_splitting_ignores_chunk_boundaries(
+    texts: list[str], crlf: bool, cuts: list[int]
+) -> None:
+    data = _events([t.strip() or "x" for t in texts], crlf)
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    split = SSESplitter()
+    got = [e for c in chunks for e in split.feed(c)] + split.end()
+    whole = SSESplitter()
+    assert got == whole.feed(data) + whole.end()
+    assert len(got) == len(texts)
+
+
+@FAST
+@given(st.binary(max_size=500), st.lists(st.integers(min_value=0, max_value=500), max_size=6))
+def test_reshapers_survive_garbage(data: bytes, cuts: list[int]) -> None:
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    for reshaper in (MapSSE(lambda o: o), SSEToJSONArray(lambda o: o)):
+        out = b"".join(reshaper.feed(c) for c in chunks) + reshaper.end()
+        assert isinstance(out, bytes)
+
+
+def test_crash_between_write_and_rename_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    store = FileStore(tmp_path / "keyswap")
+
+    def cred(token: str) -> Credential:
+        return Credential(
+            provider="anthropic",
+            bucket="default",
+            access_token=SecretStr(token),
+            refresh_token=SecretStr("r-" + token),
+            expires_at=time.time() + 3600,
+        )
+
+    store.save(cred("old"))
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        store.save(cred("new"))
+    monkeypatch.undo()
+    loaded = store.load("anthropic", "default")
+    assert loaded is not None and loaded.token == "old"
+    leftovers = [p.name for p in (tmp_path / "keyswap").rglob("*.tmp")]
+    assert leftovers == []
