@@ -52,6 +52,10 @@ class Route(BaseModel):
         return host in self.hosts and any(path.startswith(p) for p in self.prefixes)
 
 
+# Bodies keyswap rewrites are parsed in memory; larger ones are refused.
+MAX_ADAPTED_BODY = 32 << 20
+
+
 @dataclass
 class ApiCall:
     """A request on its way to the provider's API, relative to the API base."""
@@ -68,6 +72,8 @@ class ApiCall:
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object; ClientError when it is not one."""
+        if len(self.body) > MAX_ADAPTED_BODY:
+            raise ClientError(413, f"the request body is over {MAX_ADAPTED_BODY >> 20} MiB")
         try:
             data = json.loads(self.body or b"{}")
         except ValueError:
