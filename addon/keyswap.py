@@ -229,7 +229,7 @@ class Injector:
         if provider is None:
             _answer(flow, dialect, 400, _unknown(found, host))
             return None
-        if not config.provider(provider.name).enabled:
+        if config.provider(provider.name).enabled is False:
             _answer(flow, dialect, 401, f"oauth for {provider.name} is disabled in the config")
             return None
         if req.scheme != "https":
@@ -254,7 +254,7 @@ class Injector:
             # Cooling buckets go last: they are used only if nothing else is left.
             buckets += [b for b in available if b not in buckets]
             pinned = False
-        return Job(
+        job = Job(
             provider=provider,
             route=route,
             buckets=buckets,
@@ -267,6 +267,17 @@ class Injector:
             headers=forwardable(req.headers.fields),
             body=req.raw_content or b"",
         )
+        settings = config.provider(provider.name)
+        if settings.bucket and (model := provider.model_of(job.call())):
+            job.buckets = [b for b in buckets if settings.rules(b).admits(model)]
+            if not job.buckets:
+                rules = ", ".join(f"{b} ({settings.rules(b).describe()})" for b in buckets)
+                msg = (
+                    f"no {provider.name} bucket serves model {model!r}; buckets: {rules or 'none'}"
+                )
+                _answer(flow, dialect, 404, msg)
+                return None
+        return job
 
     def _hand_to_relay(self, flow: http.HTTPFlow, job: Job) -> None:
         req = flow.request

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
-from .config import BUCKET_PATTERN, load_config
+from .config import BUCKET_PATTERN, BucketRules, load_config
 from .errors import KeyswapError
 from .providers import PROVIDERS
 from .tokens import Entry, TokenService
@@ -221,6 +221,9 @@ def _status(args: argparse.Namespace) -> int:
     for e in entries:
         if e.detail:
             print(f"  {e.provider}:{e.bucket}: {e.detail}")
+        if e.models is not None or e.exclude_models:
+            rules = BucketRules(models=e.models, exclude_models=e.exclude_models).describe()
+            print(f"  {e.provider}:{e.bucket} serves {rules}")
     print(f"(store: {service.store.kind})")
     return 0
 
@@ -236,6 +239,8 @@ def _entry_json(e: Entry, store: str) -> dict[str, Any]:
         "expires_in": int(e.expires_at - time.time()) if e.expires_at else None,
         "store": store,
         "detail": e.detail,
+        "models": e.models,
+        "exclude_models": e.exclude_models,
     }
 
 

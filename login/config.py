@@ -6,6 +6,7 @@ without reading code.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import os
 import tomllib
@@ -72,11 +73,39 @@ class ClientSettings(_Strict):
         )
 
 
+class BucketRules(_Strict):
+    """Which models one bucket serves (shell-style patterns, e.g. "claude-*")."""
+
+    models: list[str] | None = None
+    exclude_models: list[str] = Field(default_factory=list)
+
+    def admits(self, model: str | None) -> bool:
+        if model is None:
+            return True
+        if any(fnmatch.fnmatchcase(model, p) for p in self.exclude_models):
+            return False
+        return self.models is None or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+    def describe(self) -> str:
+        parts = []
+        if self.models is not None:
+            parts.append("models " + ", ".join(self.models))
+        if self.exclude_models:
+            parts.append("not " + ", ".join(self.exclude_models))
+        return "; ".join(parts) or "any model"
+
+
 class ProviderSettings(_Strict):
-    enabled: bool = True
+    # None: log in with `python -m login`; True: also on first use, inside the proxy;
+    # False: placeholders for this provider are refused.
+    enabled: bool | None = None
     strategy: Strategy | None = None
     buckets: list[Bucket] | None = None
     endpoints: dict[str, str] = Field(default_factory=dict)
+    bucket: dict[Bucket, BucketRules] = Field(default_factory=dict)
+
+    def rules(self, bucket: str) -> BucketRules:
+        return self.bucket.get(bucket) or _ANY_MODEL
 
     @field_validator("endpoints")
     @classmethod
@@ -84,6 +113,9 @@ class ProviderSettings(_Strict):
         for url in value.values():
             check_url(url)
         return value
+
+
+_ANY_MODEL = BucketRules()
 
 
 class Config(_Strict):

@@ -56,6 +56,8 @@ class Entry:
     account: str | None = None
     expires_at: float | None = None
     detail: str | None = None
+    models: list[str] | None = None
+    exclude_models: list[str] = field(default_factory=list)
 
 
 def get_provider(name: str) -> Provider:
@@ -210,7 +212,17 @@ class TokenService:
                 continue
             if cred is None:
                 continue
+            rules = self.config.provider(prov).rules(bucket)
             out.append(
-                Entry(prov, bucket, cred.state(), cred.account, cred.expires_at, cred.needs_login)
+                Entry(
+                    prov,
+                    bucket,
+                    cred.state(),
+                    cred.account,
+                    cred.expires_at,
+                    cred.needs_login,
+                    rules.models,
+                    rules.exclude_models,
+                )
             )
         return out

@@ -295,6 +295,14 @@ class Provider(BaseModel):
         `headers` are the client's (credentials already removed)."""
         return {}
 
+    def model_of(self, call: ApiCall) -> str | None:
+        """The model a request asks for: the JSON body's `model`."""
+        try:
+            model = call.json().get("model")
+        except ClientError:
+            return None
+        return model if isinstance(model, str) else None
+
     def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
         """Rewrite a request into what the provider's endpoint accepts (envelopes, required
         fields). Raises ClientError for a request that cannot be served."""

@@ -124,6 +124,10 @@ class GoogleProvider(Provider):
     def may_deliver_to(self, host: str, endpoints: Mapping[str, str]) -> bool:
         return host == httpx.URL(endpoints["code_assist"]).host
 
+    def model_of(self, call: ApiCall) -> str | None:
+        model = call.path.split("/models", 1)[-1].lstrip("/").partition(":")[0]
+        return model or None
+
     def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
         """`/v1beta/models/{model}:{method}` → `v1internal:{method}` with the envelope."""
         rest = call.path.split("/models", 1)[-1].lstrip("/")
