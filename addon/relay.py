@@ -154,20 +154,12 @@ class Relay:
             access = await self._access(provider, bucket, problems)
             if access is None:
                 continue
-            sent = await self._send(job, access)
+            sent = await self._attempt(job, bucket, access, problems)
+            if sent is None:
+                continue
             if isinstance(sent, Answer):
                 return sent
             resp, call = sent
-            if resp.status_code == 401:
-                # Refresh once (or adopt what another process refreshed) and try again.
-                await resp.aclose()
-                access = await self._access(provider, bucket, problems, rejected=access.token)
-                if access is None:
-                    continue
-                sent = await self._send(job, access)
-                if isinstance(sent, Answer):
-                    return sent
-                resp, call = sent
             if resp.status_code == 429 and not job.pinned:
                 hint = reset_after(resp.headers, await _read_some(resp))
                 wait = hint if hint is not None else self.cooldown
@@ -179,6 +171,18 @@ class Relay:
             headers = _response_headers(resp, reshaper)
             return Answer(resp.status_code, headers, upstream=resp, reshaper=reshaper)
         return self._nothing_left(job, problems)
+
+    async def _attempt(
+        self, job: Job, bucket: str, access: Access, problems: _Problems
+    ) -> tuple[httpx.Response, ApiCall] | Answer | None:
+        """Send on one bucket; on a 401 refresh once (or adopt what another process
+        refreshed) and send again. None: this bucket cannot serve."""
+        sent = await self._send(job, access)
+        if isinstance(sent, Answer) or sent[0].status_code != 401:
+            return sent
+        await sent[0].aclose()
+        fresh = await self._access(job.provider.name, bucket, problems, rejected=access.token)
+        return None if fresh is None else await self._send(job, fresh)
 
     async def pick(self, job: Job) -> tuple[Access, httpx.URL] | Answer:
         """The first usable bucket's token and the URL it may go to, for a request keyswap

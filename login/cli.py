@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from .config import BUCKET_PATTERN, BucketRules, load_config
+from .credential import expiry_text
 from .errors import KeyswapError
 from .providers import PROVIDERS
 from .tokens import Entry, TokenService
@@ -152,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per network step")
     p.set_defaults(run=_doctor)
 
+    for verb, does in (("enable", "log in on first use"), ("disable", "refuse placeholders")):
+        p = sub.add_parser(
+            verb,
+            parents=[common],
+            help=f"{verb} a provider in the config ({does})",
+            description=(
+                "enable: when a request needs this provider and no login is usable, the "
+                "proxy starts the login itself (the code or URL appears on its console and "
+                "status page) and serves the request once it completes.\n"
+                "disable: placeholders for this provider are refused with a clear 401."
+            ),
+        )
+        p.add_argument("provider", type=_provider)
+        p.set_defaults(run=_switch, enabled=verb == "enable")
+
     p = sub.add_parser("refresh", parents=[common], help="refresh a login's access token now")
     p.add_argument("provider", type=_provider)
     p.add_argument("bucket", nargs="?", default=DEFAULT_BUCKET, type=_bucket)
@@ -212,7 +228,10 @@ def _status(args: argparse.Namespace) -> int:
         which = args.provider or "any provider"
         print(f"Not logged in to {which}. Run `python -m login <provider>` (see --help).")
         return 0
-    rows = [(e.provider, e.bucket, e.account or "-", e.state, _when(e.expires_at)) for e in entries]
+    rows = [
+        (e.provider, e.bucket, e.account or "-", e.state, expiry_text(e.expires_at))
+        for e in entries
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print(
@@ -242,23 +261,6 @@ def _entry_json(e: Entry, store: str) -> dict[str, Any]:
         "models": e.models,
         "exclude_models": e.exclude_models,
     }
-
-
-def _when(expires_at: float | None) -> str:
-    if expires_at is None:
-        return "no expiry"
-    delta = expires_at - time.time()
-    span = abs(delta)
-    text = (
-        f"{int(span)} s"
-        if span < 120
-        else f"{int(span // 60)} min"
-        if span < 7200
-        else f"{span / 3600:.0f} h"
-        if span < 172800
-        else f"{span / 86400:.0f} d"
-    )
-    return f"expires in {text}" if delta > 0 else f"expired {text} ago"
 
 
 def _logout(args: argparse.Namespace) -> int:
@@ -295,8 +297,19 @@ def _doctor(args: argparse.Namespace) -> int:
     return run(Options(args.port, confdir, args.config, args.host, args.timeout))
 
 
+def _switch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config_edit import set_enabled
+
+    file = set_enabled(Path(args.config) if args.config else None, args.provider, args.enabled)
+    state = "enabled (logs in on first use)" if args.enabled else "disabled"
+    print(f"✓ {args.provider} {state} in {file}", file=sys.stderr)
+    return 0
+
+
 def _refresh(args: argparse.Namespace) -> int:
     service = _service(args)
     cred = _run(service, lambda: service.refresh(args.provider, args.bucket, force=True))
-    print(f"✓ Refreshed {cred.name}; {_when(cred.expires_at)}", file=sys.stderr)
+    print(f"✓ Refreshed {cred.name}; {expiry_text(cred.expires_at)}", file=sys.stderr)
     return 0

@@ -68,6 +68,23 @@ class Credential(BaseModel):
         return cls.model_validate_json(text)
 
 
+def expiry_text(expires_at: float | None, now: float | None = None) -> str:
+    """ "expires in 25 min", "expired 3 h ago", "no expiry"."""
+    if expires_at is None:
+        return "no expiry"
+    delta = expires_at - (time.time() if now is None else now)
+    span = abs(delta)
+    if span < 120:
+        text = f"{int(span)} s"
+    elif span < 7200:
+        text = f"{int(span // 60)} min"
+    elif span < 172800:
+        text = f"{span / 3600:.0f} h"
+    else:
+        text = f"{span / 86400:.0f} d"
+    return f"expires in {text}" if delta > 0 else f"expired {text} ago"
+
+
 def jwt_claims(token: str) -> dict[str, Any]:
     """The payload of a JWT, unverified: used only to read our own token's claims
     (expiry, account id) that came straight from the issuer over TLS."""

@@ -22,7 +22,6 @@ import socket
 import ssl
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .config import is_loopback_host, load_config
+from .credential import expiry_text
 from .env import DEFAULT_CONFDIR, bundle_content, bundle_path, ca_path
 from .errors import KeyswapError
 from .store import keyrings
@@ -487,11 +487,11 @@ def _login_check(e: Entry) -> Check:
     cmd = f"python -m login {e.provider}" + ("" if e.bucket == "default" else f" {e.bucket}")
     who = f"{e.account}, " if e.account else ""
     if e.state == "valid":
-        return Check("ok", f"login {name}: valid ({who}{_expiry(e.expires_at)})")
+        return Check("ok", f"login {name}: valid ({who}{expiry_text(e.expires_at)})")
     if e.state == "expired-refreshable":
         return Check(
             "ok",
-            f"login {name}: expired-refreshable ({who}{_expiry(e.expires_at)}; refreshed on "
+            f"login {name}: expired-refreshable ({who}{expiry_text(e.expires_at)}; refreshed on "
             "next use)",
         )
     if e.state == "corrupt":
@@ -499,23 +499,6 @@ def _login_check(e: Entry) -> Check:
         return Check("fail", f"login {name}: corrupt (unreadable)", f"{logout}; then {cmd}")
     detail = f" ({e.detail})" if e.detail else ""
     return Check("fail", f"login {name}: {e.state}{detail}", cmd)
-
-
-def _expiry(expires_at: float | None) -> str:
-    if expires_at is None:
-        return "no expiry"
-    delta = expires_at - time.time()
-    span = abs(delta)
-    text = (
-        f"{int(span)} s"
-        if span < 120
-        else f"{int(span // 60)} min"
-        if span < 7200
-        else f"{span / 3600:.0f} h"
-        if span < 172800
-        else f"{span / 86400:.0f} d"
-    )
-    return f"expires in {text}" if delta > 0 else f"expired {text} ago"
 
 
 # -- the proxy process's own environment ---------------------------------------------------
