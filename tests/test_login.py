@@ -348,3 +348,17 @@ def test_every_help_reads(user: User) -> None:
     ):
         res = user.run(*args)
         assert res.code == 0 and res.out.startswith("usage: python -m login"), args
+
+
+def test_enable_and_disable_edit_the_config_in_place(user: User) -> None:
+    user.write_config('# my settings\n[providers.copilot]  # work\nstrategy = "failover"\n')
+    assert user.run("enable", "copilot").code == 0
+    assert user.run("disable", "codex").code == 0
+    assert user.run("disable", "copilot").code == 0
+    text = user.config.read_text()
+    assert text.startswith("# my settings\n[providers.copilot]  # work\n")
+    assert text.count("enabled = false") == 2 and "enabled = true" not in text
+    assert 'strategy = "failover"' in text
+    user.write_config("[providers.copilot]\nenabled = 3\n")
+    res = user.run("enable", "codex")
+    assert res.code == 1 and "providers.copilot.enabled" in res.err and "not changed" in res.err
