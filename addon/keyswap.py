@@ -108,7 +108,7 @@ class Injector:
         self.settings = settings
         self.rotation = Rotation()
         self.tokens = TokenService(settings.config)
-        self.relay = Relay(lambda: self.tokens, self.rotation)
+        self.relay = Relay(self.tokens, self.rotation)
         self.buckets: dict[str, list[str]] = {}
         self._saved: dict[str, tuple[http.Request, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -124,11 +124,11 @@ class Injector:
         config = self.settings.config
         self.relay.cooldown = config.proxy.cooldown
         verify, proxy = _verify(), _upstream_proxy()
-        old = [c for c in (self.relay.client, self.tokens._client) if c is not None]
+        old = self.relay.client
         self.relay.client = make_client(config, timeout=600.0, proxy=proxy, verify=verify)
         self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=verify))
-        for client in old:
-            asyncio.get_running_loop().create_task(client.aclose())
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.aclose())
 
     def running(self) -> None:
         port = self.relay.start()
@@ -142,22 +142,25 @@ class Injector:
 
     async def _maintain(self) -> None:
         """Pick up config edits and new logins while running."""
+        problem = None
         while True:
             try:
                 if self.settings.changed():
                     self._reconfigure()
-                store = await asyncio.to_thread(lambda: self.tokens.store)
-                names = await asyncio.to_thread(store.names)
+                names = await asyncio.to_thread(lambda: self.tokens.store.names())
                 found: dict[str, list[str]] = {}
                 for name in names:
                     prov, _, bucket = name.partition(":")
                     found.setdefault(prov, []).append(bucket)
                 self.buckets = found
+                problem = None
                 await self._refresh_resting(found)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("keyswap: cannot read the token store: %s", exc)
+                if str(exc) != problem:  # once per distinct problem, not every second
+                    problem = str(exc)
+                    log.warning("keyswap: cannot read the token store: %s", exc)
             await asyncio.sleep(_POLL_SECONDS)
 
     async def _refresh_resting(self, buckets: dict[str, list[str]]) -> None:

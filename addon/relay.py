@@ -14,7 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,8 +101,8 @@ class Answer:
 
 
 class Relay:
-    def __init__(self, tokens: Callable[[], TokenService], rotation: Rotation) -> None:
-        self._tokens = tokens
+    def __init__(self, tokens: TokenService, rotation: Rotation) -> None:
+        self.tokens = tokens
         self.rotation = rotation
         self._jobs: dict[str, Job] = {}
         self._server: HTTPServer | None = None
@@ -205,7 +205,7 @@ class Relay:
     async def _access(
         self, provider: str, bucket: str, problems: _Problems, rejected: str | None = None
     ) -> Access | None:
-        tokens = self._tokens()
+        tokens = self.tokens
         try:
             if rejected is not None:
                 await tokens.refresh(provider, bucket, force=False, rejected=rejected)

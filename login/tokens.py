@@ -110,7 +110,9 @@ class TokenService:
         self.config = config
         self._endpoints.clear()
         if client is not None:
-            self._client = client
+            old, self._client = self._client, client
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.aclose())
 
     # -- the addon's API -----------------------------------------------------------------
 
