@@ -9,6 +9,8 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from addon.keyswap import Injector, Settings  # noqa: E402
+from addon.manage import Manage  # noqa: E402
 
 _settings = Settings()
 addons = [_settings, Injector(_settings)]
+addons.append(Manage(addons[1]))

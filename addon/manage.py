@@ -1,0 +1,781 @@
+"""The status page and management API at http://keyswap.local/ (and https:// via mitmproxy's CA).
+
+Served by the addon itself, through the proxy, to clients on this machine only. No token
+ever appears in an answer.
+
+    GET  /                                      the status page (addon/page/)
+    GET  /api/auth/providers                    every provider, its buckets and running logins
+    GET  /api/auth/status/:provider             one provider
+    GET  /api/auth/models/:provider?bucket=     the account's models
+    POST /api/auth/login/:provider?bucket=      start a login; answers with the code or URL
+    POST /api/auth/paste/:provider?bucket=      feed a pasted code / redirect URL to a login
+    POST /api/auth/cancel/:provider?bucket=     stop a running login
+    POST /api/auth/logout/:provider?bucket=     forget a login (`all=1`: every bucket)
+    POST /api/buckets/:provider/:bucket/reset   end a bucket's cooldown
+
+State-changing calls need either the per-install secret (`X-Keyswap-Secret`, the contents of
+`<data dir>/manage.secret`, 0600) or, from the page itself, an `Origin` of keyswap.local plus
+the CSRF token the page carries (`X-Keyswap-CSRF`). A request whose `Origin` is any other
+site is refused outright, so a web page visited through the proxy can neither change
+anything nor read the answers (no CORS headers are ever sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs
+
+import httpx
+from mitmproxy import http
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import layer, layers
+
+from login.config import BUCKET_PATTERN, is_loopback_host
+from login.errors import KeyswapError
+from login.providers import PROVIDERS
+from login.providers.base import Provider
+from login.providers.google import GoogleProvider
+from login.store.paths import data_dir, private_dir, read_private, write_private
+from login.tokens import Entry
+
+if TYPE_CHECKING:
+    from .keyswap import Injector
+
+log = logging.getLogger(__name__)
+
+HOST = "keyswap.local"
+ORIGINS = frozenset({"http://keyswap.local", "https://keyswap.local"})
+SECRET_FILE = "manage.secret"
+SECRET_HEADER = "x-keyswap-secret"
+CSRF_HEADER = "x-keyswap-csrf"
+PAGE_DIR = Path(__file__).with_name("page")
+DEFAULT_BUCKET = "default"
+
+LOGIN_TIMEOUT = 600.0  # how long an auth-code login waits for the browser or a paste
+READY_WAIT = 15.0  # how long POST /login waits for the code or URL before answering
+FINISHED_SHOWN = 300.0  # a finished login stays listed this long
+HISTORY_INTERVAL = 10.0
+HISTORY_POINTS = 30
+_BUCKET = re.compile(BUCKET_PATTERN)
+_STATIC = {
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(data: Any, status: int = 200) -> Reply:
+    return Reply(status, json.dumps(data, separators=(",", ":")).encode())
+
+
+# -- the per-install secret -------------------------------------------------------------------
+
+
+def load_secret(directory: Path | None = None) -> str:
+    """The management secret, created (0600, in the 0700 data dir) on first use. Two proxies
+    starting at once agree on one: the file appears atomically, and the loser reads it."""
+    directory = private_dir(directory or data_dir())
+    path = directory / SECRET_FILE
+    try:
+        found = read_private(path).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        found = ""
+    if len(found) >= 32:
+        return found
+    secret = secrets.token_urlsafe(32)
+    if path.exists():  # damaged (empty, truncated): replace it
+        write_private(path, secret.encode() + b"\n")
+        return secret
+    tmp = directory / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secret.encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return read_private(path).decode("ascii", "replace").strip()
+    finally:
+        tmp.unlink(missing_ok=True)
+    return secret
+
+
+def csrf_token(secret: str) -> str:
+    """What the page carries: derived from the secret, never the secret itself."""
+    return hmac.new(secret.encode(), b"keyswap status page csrf", hashlib.sha256).hexdigest()
+
+
+# -- logins started from the page -------------------------------------------------------------
+
+LoginState = Literal["starting", "waiting", "done", "failed", "cancelled"]
+
+
+@dataclass
+class LoginSession:
+    """One login running inside the proxy, and what the page needs to show for it."""
+
+    provider: Provider
+    bucket: str
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    state: LoginState = "starting"
+    user_code: str | None = None
+    verification_uri: str | None = None
+    authorize_url: str | None = None
+    listening: bool = False
+    account: str | None = None
+    error: str | None = None
+    steps: list[str] = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    pastes: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("starting", "waiting")
+
+    def public(self) -> dict[str, Any]:
+        p = self.provider
+        return {
+            "id": self.id,
+            "provider": p.name,
+            "bucket": self.bucket,
+            "flow": p.flow,
+            "state": self.state,
+            "started": self.started,
+            "ended": self.ended,
+            "user_code": self.user_code,
+            "verification_uri": self.verification_uri,
+            "authorize_url": self.authorize_url,
+            "listening": self.listening,
+            # A code can be pasted into any auth-code login (the redirect URL works too).
+            "accepts_paste": p.flow == "auth_code",
+            "account": self.account,
+            "error": self.error,
+            "steps": list(self.steps),
+        }
+
+
+class PageUI:
+    """The `LoginUI` of a login started from the page: it records what the person must see
+    and takes pasted answers from `POST /api/auth/paste`."""
+
+    def __init__(self, session: LoginSession) -> None:
+        self.session = session
+
+    def step(self, line: str) -> None:
+        self.session.steps = [*self.session.steps[-9:], line]
+
+    async def device_code(self, user_code: str, verification_uri: str) -> None:
+        s = self.session
+        s.user_code, s.verification_uri, s.state = user_code, verification_uri, "waiting"
+        s.ready.set()
+
+    def authorize_url(self, url: str, title: str, listening: bool) -> None:
+        s = self.session
+        s.authorize_url, s.listening, s.state = url, listening, "waiting"
+        s.ready.set()
+
+    async def pasted(self) -> AsyncIterator[str]:
+        while True:
+            yield await self.session.pastes.get()
+
+
+# -- requests per bucket over time ------------------------------------------------------------
+
+Key = tuple[str, str]
+
+
+class History:
+    """Requests served and 429s per bucket, in `interval`-second slots, newest last; the
+    slot in progress is included so the page shows traffic at once."""
+
+    def __init__(self, interval: float = HISTORY_INTERVAL, points: int = HISTORY_POINTS) -> None:
+        self.interval, self.points = interval, points
+        self._last: dict[Key, tuple[int, int]] = {}
+        self._slots: dict[Key, deque[tuple[int, int]]] = {}
+
+    def sample(self, served: dict[Key, int], limited: dict[Key, int]) -> None:
+        for key in set(served) | set(limited) | set(self._slots):
+            now = (served.get(key, 0), limited.get(key, 0))
+            last = self._last.get(key, (0, 0))
+            slots = self._slots.setdefault(key, deque(maxlen=self.points - 1))
+            slots.append((max(0, now[0] - last[0]), max(0, now[1] - last[1])))
+            self._last[key] = now
+
+    def series(self, key: Key, served: int, limited: int) -> dict[str, Any]:
+        last = self._last.get(key, (0, 0))
+        slots = [*self._slots.get(key, ()), (max(0, served - last[0]), max(0, limited - last[1]))]
+        slots = [(0, 0)] * (self.points - len(slots)) + slots
+        return {
+            "interval": self.interval,
+            "served": [s for s, _ in slots],
+            "limited": [n for _, n in slots],
+        }
+
+
+# -- the addon --------------------------------------------------------------------------------
+
+
+Handler = Callable[[http.HTTPFlow, dict[str, str]], Awaitable[Reply]]
+
+
+class Manage:
+    """Answers http(s)://keyswap.local/ inside the proxy."""
+
+    def __init__(self, injector: object) -> None:
+        from .keyswap import Injector
+
+        if not isinstance(injector, Injector):
+            raise TypeError(f"Manage needs the keyswap Injector, not {type(injector).__name__}")
+        self.injector: Injector = injector
+        self.history = History()
+        self.sessions: dict[Key, LoginSession] = {}
+        self.secret: str | None = None
+        self._secret_error: str | None = None
+        self._page: dict[str, bytes] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._secret_task: asyncio.Task[Any] | None = None
+        self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
+            ("GET", re.compile(r"/api/auth/providers"), self._providers, False),
+            ("GET", re.compile(r"/api/auth/status/(?P<provider>[^/]+)"), self._status, False),
+            ("GET", re.compile(r"/api/auth/models/(?P<provider>[^/]+)"), self._models, False),
+            ("POST", re.compile(r"/api/auth/login/(?P<provider>[^/]+)"), self._login, True),
+            ("POST", re.compile(r"/api/auth/paste/(?P<provider>[^/]+)"), self._paste, True),
+            ("POST", re.compile(r"/api/auth/cancel/(?P<provider>[^/]+)"), self._cancel, True),
+            ("POST", re.compile(r"/api/auth/logout/(?P<provider>[^/]+)"), self._logout, True),
+            (
+                "POST",
+                re.compile(r"/api/buckets/(?P<provider>[^/]+)/(?P<bucket>[^/]+)/reset"),
+                self._reset,
+                True,
+            ),
+        ]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def running(self) -> None:
+        self._secret_task = self._spawn(self._load_secret())
+        self._spawn(self._sample())
+
+    def done(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for session in self.sessions.values():
+            if session.task is not None:
+                session.task.cancel()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _load_secret(self) -> None:
+        try:
+            self.secret = await asyncio.to_thread(load_secret)
+        except (OSError, KeyswapError) as exc:
+            self._secret_error = str(exc)
+            log.error(
+                "keyswap: the management secret is unusable (%s); keyswap.local is read-only", exc
+            )
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(self.history.interval)
+            rotation = self.injector.rotation
+            self.history.sample(dict(rotation.served), dict(rotation.limited))
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """HTTPS to keyswap.local: answer the CONNECT ourselves, never dial the name."""
+        if flow.response is not None or _host(flow.request.host) != HOST:
+            return
+        if not _is_loopback(flow):
+            flow.response = http.Response.make(403, _REMOTE, {"content-type": "text/plain"})
+            return
+        flow.response = http.Response(
+            http_version=flow.request.data.http_version,
+            status_code=200,
+            reason=b"Connection established",
+            headers=http.Headers(),
+            content=b"",
+            trailers=None,
+            timestamp_start=time.time(),
+            timestamp_end=time.time(),
+        )
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Inside the tunnel to keyswap.local: TLS with the client only. mitmproxy's default
+        stack would also open TLS to the server first (connection_strategy=eager), i.e. try
+        to dial keyswap.local."""
+        context = nextlayer.context
+        address = context.server.address
+        if nextlayer.layer is not None or not address or _host(str(address[0])) != HOST:
+            return
+        data = nextlayer.data_client()  # type: ignore[no-untyped-call]
+        if data and starts_like_tls_record(data) and _is_loopback_peer(context.client.peername):
+            nextlayer.layer = layers.ClientTLSLayer(context)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not self._ours(flow):
+            return
+        if not _is_loopback(flow):
+            flow.response = http.Response.make(403, _REMOTE, {"content-type": "text/plain"})
+            return
+        if flow.client_conn.tls_established:
+            flow.request.scheme = "https"  # our TLS-only tunnel (see next_layer)
+        try:
+            reply = await self._dispatch(flow)
+        except ApiError as exc:
+            reply = _json({"error": exc.message, **exc.extra}, exc.status)
+            if "allow" in exc.extra:
+                reply.headers["allow"] = ", ".join(exc.extra["allow"])
+        except Exception:
+            log.exception("keyswap: keyswap.local failed")
+            reply = _json({"error": "internal error; see the proxy's log"}, 500)
+        headers = {
+            "content-type": reply.content_type,
+            "cache-control": "no-store",
+            "x-content-type-options": "nosniff",
+            "x-frame-options": "DENY",
+            "referrer-policy": "no-referrer",
+            **reply.headers,
+        }
+        flow.response = http.Response.make(reply.status, reply.body, headers)
+
+    def _ours(self, flow: http.HTTPFlow) -> bool:
+        return _host(flow.request.host) == HOST
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    async def _dispatch(self, flow: http.HTTPFlow) -> Reply:
+        req = flow.request
+        path = req.path.split("?", 1)[0]
+        method = req.method.upper()
+        if self._secret_task is not None and not self._secret_task.done():
+            await asyncio.wait([self._secret_task], timeout=5)  # just started
+        if not path.startswith("/api/"):
+            return await self._static(method, path)
+        self._check_origin(flow)
+        allowed = []
+        for verb, pattern, handler, protected in self._routes:
+            m = pattern.fullmatch(path)
+            if m is None:
+                continue
+            allowed.append(verb)
+            if verb != method and not (verb == "GET" and method == "HEAD"):
+                continue
+            if protected:
+                self._check_token(flow)
+            return await handler(flow, m.groupdict())
+        if allowed:
+            raise ApiError(405, f"{method} is not allowed here", allow=allowed)
+        raise ApiError(404, f"no such endpoint: {path}")
+
+    def _check_origin(self, flow: http.HTTPFlow) -> None:
+        headers = flow.request.headers
+        origin = headers.get("origin")
+        if origin is not None and origin not in ORIGINS:
+            raise ApiError(403, "cross-site requests to keyswap.local are refused")
+        if headers.get("sec-fetch-site", "").lower() == "cross-site":
+            raise ApiError(403, "cross-site requests to keyswap.local are refused")
+
+    def _check_token(self, flow: http.HTTPFlow) -> None:
+        headers = flow.request.headers
+        if self.secret is None:
+            why = self._secret_error or "starting up"
+            raise ApiError(503, f"management is unavailable: {why}")
+        given_secret = headers.get(SECRET_HEADER)
+        given_csrf = headers.get(CSRF_HEADER)
+        # Keep the secrets out of flow dumps and mitmdump's output.
+        for name in (SECRET_HEADER, CSRF_HEADER):
+            if name in headers:
+                headers[name] = "(redacted)"
+        if given_secret and hmac.compare_digest(given_secret.encode(), self.secret.encode()):
+            return
+        if (
+            given_csrf
+            and headers.get("origin") in ORIGINS
+            and hmac.compare_digest(given_csrf.encode(), csrf_token(self.secret).encode())
+        ):
+            return
+        raise ApiError(
+            403,
+            f"this call needs the {SECRET_HEADER} header (the contents of "
+            f"<keyswap data dir>/{SECRET_FILE}), or the status page's own token",
+        )
+
+    # -- the page ----------------------------------------------------------------------------
+
+    async def _static(self, method: str, path: str) -> Reply:
+        if method not in ("GET", "HEAD"):
+            raise ApiError(405, f"{method} is not allowed here", allow=["GET"])
+        if path in ("/", "/index.html"):
+            html = await self._file("index.html")
+            token = csrf_token(self.secret) if self.secret else ""
+            body = html.replace(b"{{csrf}}", token.encode())
+            return Reply(200, body, "text/html; charset=utf-8", {"content-security-policy": _CSP})
+        if path in _STATIC:
+            name, content_type = _STATIC[path]
+            return Reply(200, await self._file(name), content_type)
+        return Reply(404, b"not found\n", "text/plain; charset=utf-8")
+
+    async def _file(self, name: str) -> bytes:
+        found = self._page.get(name)
+        if found is None:
+            found = self._page[name] = await asyncio.to_thread((PAGE_DIR / name).read_bytes)
+        return found
+
+    # -- read-only endpoints -----------------------------------------------------------------
+
+    async def _providers(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+        entries = await self._entries()
+        return _json(
+            {
+                "now": time.time(),
+                "providers": [self._provider_json(p, entries) for p in _ordered()],
+            }
+        )
+
+    async def _status(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+        p = _provider(args["provider"])
+        entries = await self._entries(p.name)
+        return _json({"now": time.time(), **self._provider_json(p, entries)})
+
+    async def _entries(self, provider: str | None = None) -> list[Entry]:
+        tokens = self.injector.tokens
+        try:
+            return await asyncio.to_thread(tokens.entries, provider)
+        except KeyswapError as exc:
+            raise ApiError(503, f"cannot read the token store: {exc}") from None
+
+    def _provider_json(self, p: Provider, entries: list[Entry]) -> dict[str, Any]:
+        config = self.injector.settings.config
+        settings = config.provider(p.name)
+        stored = {e.bucket: e for e in entries if e.provider == p.name}
+        configured = list(settings.buckets or [])
+        names = configured + sorted(b for b in stored if b not in configured)
+        shown = time.time() - FINISHED_SHOWN
+        sessions = [
+            s.public()
+            for (prov, _), s in self.sessions.items()
+            if prov == p.name and (s.ended is None or s.ended > shown)
+        ]
+        return {
+            "name": p.name,
+            "title": p.title,
+            "flow": p.flow,
+            "callback": p.callback if p.flow == "auth_code" else None,
+            "enabled": settings.enabled is not False,
+            "strategy": settings.strategy or config.proxy.strategy,
+            "buckets": [
+                self._bucket_json(p.name, b, stored.get(b), b in configured) for b in names
+            ],
+            "logins": sorted(sessions, key=lambda s: float(s["started"])),
+        }
+
+    def _bucket_json(
+        self, provider: str, bucket: str, entry: Entry | None, configured: bool
+    ) -> dict[str, Any]:
+        rotation = self.injector.rotation
+        now = time.time()
+        until = rotation.cooling_until(provider, bucket)
+        served, limited = rotation.served[provider, bucket], rotation.limited[provider, bucket]
+        expires_at = entry.expires_at if entry else None
+        return {
+            "bucket": bucket,
+            "stored": entry is not None,
+            "configured": configured,
+            "state": entry.state if entry else "needs-login",
+            "account": entry.account if entry else None,
+            "detail": entry.detail if entry else "not logged in",
+            # Which models the config lets this bucket serve (None: any).
+            "models": getattr(entry, "models", None),
+            "exclude_models": getattr(entry, "exclude_models", None) or [],
+            "expires_at": expires_at,
+            "expires_in": int(expires_at - now) if expires_at else None,
+            "cooling_until": until,
+            "cooldown_in": round(until - now, 1) if until else None,
+            "served": served,
+            "limited": limited,
+            "history": self.history.series((provider, bucket), served, limited),
+        }
+
+    async def _models(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+        p = _provider(args["provider"])
+        bucket = _bucket(flow)
+        out: dict[str, Any] = {"provider": p.name, "bucket": bucket}
+        if isinstance(p, GoogleProvider):
+            # Code Assist has no listing keyswap can rely on: what keyswap itself serves.
+            models = [{"id": m, "name": m} for m in p.models]
+            return _json({**out, "source": "keyswap", "models": models})
+        if p.name not in ("copilot", "codex"):
+            return _json(
+                {
+                    **out,
+                    "source": None,
+                    "models": None,
+                    "detail": f"keyswap does not list {p.title} models",
+                }
+            )
+        tokens = self.injector.tokens
+        try:
+            access = await tokens.access(p.name, bucket)
+        except KeyswapError as exc:
+            raise ApiError(409, str(exc)) from None
+        url = f"{access.base_url}/models"
+        params = {"client_version": "0.50.0"} if p.name == "codex" else {}
+        headers = {"Accept": "application/json", **access.headers("/models", {}, b"")}
+        try:
+            resp = await tokens.http.get(url, params=params, headers=headers, timeout=30)
+        except httpx.HTTPError as exc:
+            raise ApiError(502, f"{p.title} models: {type(exc).__name__}") from None
+        if resp.status_code != 200:
+            raise ApiError(502, f"{p.title} answered the models list with HTTP {resp.status_code}")
+        try:
+            data = resp.json()
+        except ValueError:
+            raise ApiError(502, f"{p.title} sent a models list that is not JSON") from None
+        return _json({**out, "source": url, "models": _model_rows(data)})
+
+    # -- state-changing endpoints ------------------------------------------------------------
+
+    async def _login(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+        p = _provider(args["provider"])
+        bucket = _bucket(flow)
+        key = (p.name, bucket)
+        old = self.sessions.get(key)
+        if old is not None and old.task is not None and not old.task.done():
+            old.state = "cancelled"
+            old.task.cancel()
+            # Let it close its callback listener before the new one binds the same port.
+            await asyncio.wait([old.task], timeout=5)
+        session = self.sessions[key] = LoginSession(p, bucket)
+        session.task = asyncio.get_running_loop().create_task(self._run_login(session))
+        ready = asyncio.ensure_future(session.ready.wait())
+        await asyncio.wait([ready, session.task], timeout=READY_WAIT, return_when="FIRST_COMPLETED")
+        ready.cancel()
+        if session.state == "failed":
+            raise ApiError(502, session.error or "the login failed", login=session.public())
+        status = 200 if session.state in ("waiting", "done") else 202
+        return _json({"login": session.public()}, status)
+
+    async def _run_login(self, session: LoginSession) -> None:
+        p, bucket = session.provider, session.bucket
+        ui = PageUI(session)
+        try:
+            cred = await self.injector.tokens.login(p.name, bucket, ui, timeout=LOGIN_TIMEOUT)
+        except asyncio.CancelledError:
+            if session.state != "cancelled":
+                session.state, session.error = "cancelled", "the login was stopped"
+            raise
+        except KeyswapError as exc:
+            session.state, session.error = "failed", str(exc)
+            log.info("keyswap: page login %s/%s failed: %s", p.name, bucket, exc)
+        except Exception as exc:
+            session.state, session.error = "failed", f"internal error ({type(exc).__name__})"
+            log.exception("keyswap: page login %s/%s", p.name, bucket)
+        else:
+            session.state, session.account = "done", cred.account
+            log.info("keyswap: %s/%s logged in from the status page", p.name, bucket)
+            # The injector would find the new bucket within a second; make it immediate.
+            found = self.injector.buckets.setdefault(p.name, [])
+            if bucket not in found:
+                found.append(bucket)
+        finally:
+            session.ended = time.time()
+            session.ready.set()
+
+    def _session(self, flow: http.HTTPFlow, provider: str) -> LoginSession:
+        p = _provider(provider)
+        session = self.sessions.get((p.name, _bucket(flow)))
+        if session is None or not session.active:
+            raise ApiError(409, f"no {p.name} login is running for that bucket")
+        return session
+
+    async def _paste(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+        session = self._session(flow, args["provider"])
+        if session.provider.flow != "auth_code":
+            raise ApiError(409, f"{session.provider.title} logins take no pasted code")
+        text = _pasted_text(flow.request)
+        flow.request.content = b"(redacted)"
+        if not text.strip():
+            raise ApiError(400, "nothing was pasted; send {'code': '<code or redirect URL>'}")
+        before = len(session.steps)
+        await session.pastes.put(text.strip())
+        # Give the flow a moment: a bad paste is reported as a step, a good one finishes.
+        for _ in range(20):
+            if not session.active or len(session.steps) != before:
+                break
+            await asyncio.sleep(0.05)
+        return _json({"login": session.public()})
+
+    async def _cancel(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+        session = self._session(flow, args["provider"])
+        session.state, session.error = "cancelled", "the login was stopped"
+        if session.task is not None:
+            session.task.cancel()
+            await asyncio.wait([session.task], timeout=5)
+        return _json({"login": session.public()})
+
+    async def _logout(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+        p = _provider(args["provider"])
+        tokens = self.injector.tokens
+        if _query(flow).get("all") in ("1", "true", "yes"):
+            buckets = [e.bucket for e in await self._entries(p.name)]
+        else:
+            buckets = [_bucket(flow)]
+        removed = []
+        for bucket in buckets:
+            try:
+                if await asyncio.to_thread(tokens.logout, p.name, bucket):
+                    removed.append(bucket)
+            except KeyswapError as exc:
+                raise ApiError(503, f"cannot remove {p.name}/{bucket}: {exc}") from None
+            self.injector.rotation.reset(p.name, bucket)
+            finished = self.sessions.get((p.name, bucket))
+            if finished is not None and not finished.active:
+                del self.sessions[p.name, bucket]
+        if not removed:
+            raise ApiError(404, f"not logged in to {p.name}/{', '.join(buckets) or '-'}")
+        known = self.injector.buckets.get(p.name)
+        if known is not None:
+            self.injector.buckets[p.name] = [b for b in known if b not in removed]
+        log.info("keyswap: logged out %s/%s from the status page", p.name, ",".join(removed))
+        return _json({"provider": p.name, "removed": removed})
+
+    async def _reset(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+        p = _provider(args["provider"])
+        bucket = args["bucket"]
+        if not _BUCKET.match(bucket):
+            raise ApiError(400, f"{bucket!r} is not a bucket name")
+        was = self.injector.rotation.cooling_until(p.name, bucket)
+        self.injector.rotation.reset(p.name, bucket)
+        return _json({"provider": p.name, "bucket": bucket, "was_cooling_until": was})
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+_REMOTE = b"keyswap.local answers only clients on this machine\n"
+_ORDER = ("copilot", "codex", "anthropic", "gemini", "antigravity")
+
+
+def _ordered() -> list[Provider]:
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return sorted(PROVIDERS.values(), key=lambda p: (rank.get(p.name, len(rank)), p.name))
+
+
+def _host(host: str) -> str:
+    """A host name as compared: lower case, no trailing dot."""
+    return host.lower().rstrip(".")
+
+
+def _provider(name: str) -> Provider:
+    p = PROVIDERS.get(name)
+    if p is None:
+        known = ", ".join(sorted(PROVIDERS))
+        raise ApiError(404, f"unknown provider {name!r} (known: {known})")
+    return p
+
+
+def _query(flow: http.HTTPFlow) -> dict[str, str]:
+    return {k: v for k, v in flow.request.query.items()}
+
+
+def _bucket(flow: http.HTTPFlow) -> str:
+    bucket = _query(flow).get("bucket") or DEFAULT_BUCKET
+    if not _BUCKET.match(bucket):
+        raise ApiError(
+            400, f"{bucket!r} is not a bucket name (letters, digits and @._+- ; no spaces)"
+        )
+    return bucket
+
+
+def _pasted_text(req: http.Request) -> str:
+    raw = req.get_text(strict=False) or ""
+    ctype = req.headers.get("content-type", "")
+    if "json" in ctype:
+        try:
+            data = json.loads(raw or "{}")
+        except ValueError:
+            raise ApiError(400, "the body is not valid JSON") from None
+        value = data.get("code") if isinstance(data, dict) else None
+        return value if isinstance(value, str) else ""
+    if "x-www-form-urlencoded" in ctype:
+        return (parse_qs(raw).get("code") or [""])[0]
+    return raw
+
+
+def _model_rows(data: Any) -> list[dict[str, Any]]:
+    """OpenAI-style `{"data": [...]}` (Copilot) or Codex's `{"models": [...]}`, reduced to
+    what a person choosing a model needs."""
+    items = (data.get("data") or data.get("models") or []) if isinstance(data, dict) else []
+    rows = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        ident = item.get("id") or item.get("slug")
+        if not ident:
+            continue
+        row: dict[str, Any] = {"id": str(ident), "name": str(item.get("name") or ident)}
+        if item.get("display_name"):
+            row["name"] = str(item["display_name"])
+        if item.get("vendor"):
+            row["vendor"] = str(item["vendor"])
+        if isinstance(item.get("supported_endpoints"), list):
+            row["endpoints"] = [str(e) for e in item["supported_endpoints"]]
+        rows.append(row)
+    return rows
+
+
+def _is_loopback(flow: http.HTTPFlow) -> bool:
+    return _is_loopback_peer(flow.client_conn.peername)
+
+
+def _is_loopback_peer(peer: tuple[Any, ...] | None) -> bool:
+    if not peer:
+        return False
+    host = str(peer[0]).split("%")[0]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return is_loopback_host(host)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback

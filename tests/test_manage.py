@@ -1,0 +1,387 @@
+"""The management API at http://keyswap.local/, served by the addon in a real mitmdump,
+against the fake OAuth server and fake provider APIs."""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from login.providers import PROVIDERS
+from tests.conftest import User
+from tests.e2e import Stack, stack
+from tests.proxy import Mitmdump, base_env
+
+BASE = "http://keyswap.local"
+_CODE = re.compile(r'<code id="auth-code">([^<]+)</code>')
+
+
+@pytest.fixture
+def s(user: User, tmp_path: Path) -> Iterator[Stack]:
+    with stack(user, tmp_path) as st:
+        st.oauth.device_interval = 0.05
+        yield st
+
+
+def client(proxy: Mitmdump) -> httpx.Client:
+    verify = ssl.create_default_context(cafile=proxy.ca)
+    return httpx.Client(proxy=proxy.url, verify=verify, timeout=30)
+
+
+def secret(user: User) -> str:
+    """The per-install secret the proxy writes at start (0600 in the data dir)."""
+    path = user.data_dir / "manage.secret"
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline, "the proxy wrote no manage.secret"
+        time.sleep(0.05)
+    return path.read_text().strip()
+
+
+def auth(user: User) -> dict[str, str]:
+    return {"X-Keyswap-Secret": secret(user)}
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def bucket(c: httpx.Client, provider: str, name: str) -> dict[str, Any] | None:
+    resp = c.get(f"{BASE}/api/auth/status/{provider}")
+    assert resp.status_code == 200, resp.text
+    found = [b for b in resp.json()["buckets"] if b["bucket"] == name]
+    return found[0] if found else None
+
+
+def stored(s: Stack, provider: str, bucket: str) -> dict[str, str | None]:
+    """Everything secret that is stored for provider/bucket (access and refresh token)."""
+    code = (
+        "import json, sys; from login.store import open_store; "
+        "c = open_store().load(sys.argv[1], sys.argv[2]); "
+        "print(json.dumps({'access': c.token, 'refresh': c.refresh}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, provider, bucket],
+        env=s.user.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def copilot_chat(proxy: Mitmdump, placeholder: str) -> httpx.Response:
+    with client(proxy) as c:
+        return c.post(
+            "https://api.githubcopilot.com/chat/completions",
+            headers={"Authorization": f"Bearer {placeholder}"},
+            json={"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]},
+        )
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def test_providers_lists_everything_and_never_a_token(s: Stack) -> None:
+    s.login_copilot()
+    s.login_anthropic("work")
+    secrets = [*stored(s, "copilot", "default").values(), *stored(s, "anthropic", "work").values()]
+    assert s.token("copilot", "default") in secrets
+    with s.proxy() as proxy, client(proxy) as c:
+        listing = c.get(f"{BASE}/api/auth/providers")
+        status = c.get(f"{BASE}/api/auth/status/copilot")
+        models = c.get(f"{BASE}/api/auth/models/copilot")
+        page = c.get(f"{BASE}/")
+        ok = copilot_chat(proxy, "oauth:copilot")
+        after = c.get(f"{BASE}/api/auth/providers")
+    assert listing.status_code == 200 and listing.headers["cache-control"] == "no-store"
+    providers = {p["name"]: p for p in listing.json()["providers"]}
+    assert set(providers) == set(PROVIDERS)
+    copilot = providers["copilot"]
+    assert copilot["title"] == "GitHub Copilot" and copilot["flow"] == "device"
+    [default] = copilot["buckets"]
+    assert default["bucket"] == "default" and default["account"] == "octocat"
+    assert default["state"] == "valid" and default["expires_at"] > time.time()
+    assert default["cooling_until"] is None and default["served"] == 0
+    assert [b["bucket"] for b in providers["anthropic"]["buckets"]] == ["work"]
+    assert providers["codex"]["buckets"] == []
+    assert status.json()["buckets"][0]["account"] == "octocat"
+    assert ok.status_code == 200
+    served = {b["bucket"]: b for b in after.json()["providers"][0]["buckets"]}
+    assert served["default"]["served"] == 1 and sum(served["default"]["history"]["served"]) == 1
+    # No answer carries a token: neither the access tokens nor what mints them.
+    for resp in (listing, status, models, page, after):
+        for value in secrets:
+            assert value and value not in resp.text
+    for value in secrets:
+        assert value not in proxy.output
+
+
+def test_https_keyswap_local_works_too(s: Stack) -> None:
+    with s.proxy() as proxy, client(proxy) as c:
+        api = c.get("https://keyswap.local/api/auth/providers")
+        page = c.get("https://keyswap.local/")
+    assert api.status_code == 200 and len(api.json()["providers"]) == len(PROVIDERS)
+    assert page.status_code == 200 and "<title>keyswap</title>" in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "Name or service not known" not in proxy.output, "keyswap.local was never dialled"
+
+
+def test_https_with_eager_connections(s: Stack) -> None:
+    """mitmproxy's default strategy dials the CONNECT target first; not for keyswap.local."""
+    proxy = Mitmdump(
+        s.workdir,
+        base_env(s.user.env),
+        "--set",
+        f"keyswap_config={s.user.config}",
+        upstream_ca=s.ca_pem,
+    )
+    proxy.argv[proxy.argv.index("connection_strategy=lazy")] = "connection_strategy=eager"
+    with proxy, client(proxy) as c:
+        resp = c.get("https://keyswap.local/api/auth/status/copilot")
+    assert resp.status_code == 200 and resp.json()["name"] == "copilot"
+    assert "establishing server connection" not in proxy.output
+
+
+def test_models(s: Stack) -> None:
+    s.login_copilot()
+    with s.proxy() as proxy, client(proxy) as c:
+        copilot = c.get(f"{BASE}/api/auth/models/copilot")
+        gemini = c.get(f"{BASE}/api/auth/models/gemini")
+        anthropic = c.get(f"{BASE}/api/auth/models/anthropic")
+        nobody = c.get(f"{BASE}/api/auth/models/copilot?bucket=nobody")
+        unknown = c.get(f"{BASE}/api/auth/models/nope")
+    assert copilot.status_code == 200, copilot.text
+    ids = [m["id"] for m in copilot.json()["models"]]
+    assert ids == ["gpt-4.1", "gpt-5-codex", "claude-sonnet-4.5"]
+    assert copilot.json()["source"].endswith("/models")
+    listed = list(getattr(PROVIDERS["gemini"], "models"))
+    assert [m["id"] for m in gemini.json()["models"]] == listed and listed
+    assert anthropic.json()["models"] is None and "does not list" in anthropic.json()["detail"]
+    assert nobody.status_code == 409 and "python -m login copilot nobody" in nobody.text
+    assert unknown.status_code == 404 and "unknown provider" in unknown.text
+
+
+# -- logging in and out -----------------------------------------------------------------------
+
+
+def test_device_login_through_the_api(s: Stack) -> None:
+    with s.proxy() as proxy, client(proxy) as c:
+        resp = c.post(f"{BASE}/api/auth/login/copilot?bucket=work", headers=auth(s.user))
+        assert resp.status_code == 200, resp.text
+        login = resp.json()["login"]
+        assert login["state"] == "waiting" and login["flow"] == "device"
+        assert login["verification_uri"].startswith(s.oauth.base_url)
+        assert bucket(c, "copilot", "work") is None
+        s.oauth.github_approve(login["user_code"])
+        work = wait_until(
+            lambda: (b := bucket(c, "copilot", "work")) and b["state"] == "valid" and b,
+            what="copilot/work to become valid",
+        )
+        assert work["account"] == "octocat"
+        logins = c.get(f"{BASE}/api/auth/status/copilot").json()["logins"]
+        assert [(x["id"], x["state"]) for x in logins] == [(login["id"], "done")]
+        # The proxy uses the new login at once.
+        assert copilot_chat(proxy, "oauth:copilot:work").status_code == 200
+        assert copilot_chat(proxy, "oauth:copilot").status_code == 200
+    status = s.user.run("status", "--json")
+    assert [(e["provider"], e["bucket"]) for e in json.loads(status.out)] == [("copilot", "work")]
+
+
+def test_logout(s: Stack) -> None:
+    s.login_copilot()
+    s.login_copilot("second")
+    with s.proxy() as proxy, client(proxy) as c:
+        resp = c.post(f"{BASE}/api/auth/logout/copilot?bucket=second", headers=auth(s.user))
+        assert resp.status_code == 200 and resp.json()["removed"] == ["second"]
+        names = [b["bucket"] for b in c.get(f"{BASE}/api/auth/status/copilot").json()["buckets"]]
+        assert names == ["default"]
+        again = c.post(f"{BASE}/api/auth/logout/copilot?bucket=second", headers=auth(s.user))
+        assert again.status_code == 404 and "not logged in" in again.text
+        every = c.post(f"{BASE}/api/auth/logout/copilot?all=1", headers=auth(s.user))
+        assert every.json()["removed"] == ["default"]
+        assert copilot_chat(proxy, "oauth:copilot").status_code == 401
+    assert json.loads(s.user.run("status", "--json").out) == []
+
+
+def test_paste_login_through_the_api(s: Stack) -> None:
+    """Anthropic shows a code#state to paste: the page's paste box feeds it to the flow."""
+    with s.proxy() as proxy, client(proxy) as c:
+        resp = c.post(f"{BASE}/api/auth/login/anthropic", headers=auth(s.user))
+        assert resp.status_code == 200, resp.text
+        login = resp.json()["login"]
+        assert login["authorize_url"].startswith(s.oauth.base_url) and login["accepts_paste"]
+        location = httpx.get(login["authorize_url"], follow_redirects=False).headers["location"]
+        code = _CODE.search(httpx.get(location).text).group(1)
+        bad = c.post(
+            f"{BASE}/api/auth/paste/anthropic", headers=auth(s.user), json={"code": "?"}
+        ).json()["login"]
+        assert bad["state"] == "waiting" and "not a code" in bad["steps"][-1]
+        c.post(f"{BASE}/api/auth/paste/anthropic", headers=auth(s.user), json={"code": code})
+        wait_until(
+            lambda: (b := bucket(c, "anthropic", "default")) and b["state"] == "valid",
+            what="anthropic/default to become valid",
+        )
+    assert code not in proxy.output, "the pasted code is kept out of the flow log"
+
+
+def test_loopback_callback_runs_in_the_addon(s: Stack) -> None:
+    """Codex's browser sign-in comes back to a loopback listener inside the proxy."""
+    with s.proxy() as proxy, client(proxy) as c:
+        resp = c.post(f"{BASE}/api/auth/login/codex?bucket=me", headers=auth(s.user))
+        login = resp.json()["login"]
+        assert login["listening"] is True, resp.text
+        location = httpx.get(login["authorize_url"], follow_redirects=False).headers["location"]
+        assert location.startswith(f"http://localhost:{s.codex_port}/")
+        assert "Signed in" in httpx.get(location).text
+        me = wait_until(
+            lambda: (b := bucket(c, "codex", "me")) and b["state"] == "valid" and b,
+            what="codex/me to become valid",
+        )
+    assert me["account"] == s.oauth.codex_email
+    assert proxy.output
+
+
+def test_a_new_login_replaces_a_running_one_and_cancel_stops_it(s: Stack) -> None:
+    with s.proxy() as proxy, client(proxy) as c:
+        first = c.post(f"{BASE}/api/auth/login/codex", headers=auth(s.user)).json()["login"]
+        second = c.post(f"{BASE}/api/auth/login/codex", headers=auth(s.user)).json()["login"]
+        assert second["listening"], "the first login freed the callback port"
+        states = {
+            x["id"]: x["state"] for x in c.get(f"{BASE}/api/auth/status/codex").json()["logins"]
+        }
+        assert states == {second["id"]: "waiting"} and first["id"] != second["id"]
+        stop = c.post(f"{BASE}/api/auth/cancel/codex", headers=auth(s.user))
+        assert stop.status_code == 200 and stop.json()["login"]["state"] == "cancelled"
+        again = c.post(f"{BASE}/api/auth/cancel/codex", headers=auth(s.user))
+        assert again.status_code == 409
+    assert proxy.output
+
+
+# -- cooldowns --------------------------------------------------------------------------------
+
+
+def test_reset_clears_a_cooldown(s: Stack) -> None:
+    token = s.login_copilot()
+    s.api.rate_limit("copilot", token=token, seconds=120)
+    with s.proxy() as proxy, client(proxy) as c:
+        assert copilot_chat(proxy, "oauth:copilot").status_code == 429
+        resting = bucket(c, "copilot", "default")
+        assert resting is not None
+        assert 100 < resting["cooling_until"] - time.time() <= 121
+        assert resting["limited"] == 1 and sum(resting["history"]["limited"]) == 1
+        assert copilot_chat(proxy, "oauth:copilot").status_code == 429, "still resting"
+        reset = c.post(f"{BASE}/api/buckets/copilot/default/reset", headers=auth(s.user))
+        assert reset.status_code == 200 and reset.json()["was_cooling_until"]
+        assert bucket(c, "copilot", "default")["cooling_until"] is None  # type: ignore[index]
+        assert copilot_chat(proxy, "oauth:copilot").status_code == 200
+
+
+# -- protection -------------------------------------------------------------------------------
+
+
+def test_cross_site_and_unauthenticated_calls_are_refused(s: Stack) -> None:
+    s.login_copilot()
+    with s.proxy() as proxy, client(proxy) as c:
+        page = c.get(f"{BASE}/").text
+        csrf = re.search(r'name="keyswap-csrf" content="([0-9a-f]{64})"', page).group(1)
+        logout = f"{BASE}/api/auth/logout/copilot"
+        evil = {"Origin": "https://evil.example"}
+        attempts = {
+            "cross-site": c.post(logout, headers=evil),
+            "cross-site form": c.post(
+                logout,
+                headers={**evil, "content-type": "application/x-www-form-urlencoded"},
+                content=b"bucket=default",
+            ),
+            "cross-site with the page token": c.post(
+                logout, headers={**evil, "X-Keyswap-CSRF": csrf}
+            ),
+            "cross-site with the secret": c.post(logout, headers={**evil, **auth(s.user)}),
+            "cross-site login": c.post(f"{BASE}/api/auth/login/copilot", headers=evil),
+            "cross-site reset": c.post(f"{BASE}/api/buckets/copilot/default/reset", headers=evil),
+            "no credentials": c.post(logout),
+            "wrong secret": c.post(logout, headers={"X-Keyswap-Secret": "x" * 43}),
+            "page token without Origin": c.post(logout, headers={"X-Keyswap-CSRF": csrf}),
+            "sec-fetch-site": c.post(
+                logout, headers={**auth(s.user), "Sec-Fetch-Site": "cross-site"}
+            ),
+            "cross-site read": c.get(f"{BASE}/api/auth/providers", headers=evil),
+        }
+        for what, resp in attempts.items():
+            assert resp.status_code == 403, what
+            assert "access-control-allow-origin" not in resp.headers, what
+        preflight = c.request("OPTIONS", logout, headers=evil)
+        assert "access-control-allow-origin" not in preflight.headers
+        assert bucket(c, "copilot", "default") is not None, "still logged in"
+        wrong_method = c.get(f"{BASE}/api/auth/logout/copilot")
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+        # The page itself: same origin plus its token.
+        same = c.post(logout, headers={"Origin": BASE, "X-Keyswap-CSRF": csrf})
+        assert same.status_code == 200, same.text
+    assert secret(s.user) not in proxy.output
+    assert secret(s.user) not in page
+
+
+def test_secret_file_is_private_and_survives_restarts(s: Stack) -> None:
+    with s.proxy():
+        first = secret(s.user)
+    path = s.user.data_dir / "manage.secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with s.proxy() as proxy, client(proxy) as c:
+        assert secret(s.user) == first
+        resp = c.post(
+            f"{BASE}/api/buckets/copilot/default/reset", headers={"X-Keyswap-Secret": first}
+        )
+    assert resp.status_code == 200
+
+
+def test_only_clients_on_this_machine(s: Stack) -> None:
+    from tests.test_addon import remote_address
+
+    addr = remote_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback address")
+    with s.proxy("--listen-host", "0.0.0.0") as proxy:
+        verify = ssl.create_default_context(cafile=proxy.ca)
+        with httpx.Client(proxy=f"http://{addr}:{proxy.port}", verify=verify) as remote:
+            plain = remote.get(f"{BASE}/api/auth/providers")
+            with pytest.raises(httpx.ProxyError, match="403"):
+                remote.get("https://keyswap.local/api/auth/providers")
+    assert plain.status_code == 403 and "only clients on this machine" in plain.text
+
+
+def test_load_secret_agrees_across_concurrent_starts(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from addon.manage import csrf_token, load_secret
+
+    directory = tmp_path / "keyswap"
+    with ThreadPoolExecutor(8) as pool:
+        found = set(pool.map(lambda _: load_secret(directory), range(16)))
+    assert len(found) == 1
+    [value] = found
+    assert len(value) >= 40 and value == load_secret(directory)
+    assert stat.S_IMODE((directory / "manage.secret").stat().st_mode) == 0o600
+    assert [p.name for p in directory.iterdir()] == ["manage.secret"], "no temp files left"
+    assert csrf_token(value) != value and len(csrf_token(value)) == 64
+    (directory / "manage.secret").write_text("short\n")
+    replaced = load_secret(directory)
+    assert replaced != value and len(replaced) >= 40
