@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import ssl
 from pathlib import Path
@@ -30,6 +29,7 @@ from login.tokens import TokenService
 from . import placeholder
 from .buckets import Rotation
 from .errors import error_body, error_headers
+from .logins import Logins
 from .relay import TICKET_HEADER, Job, Relay, forwardable
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,9 @@ class Injector:
         self.settings = settings
         self.rotation = Rotation()
         self.tokens = TokenService(settings.config)
-        self.relay = Relay(self.tokens, self.rotation)
         self.buckets: dict[str, list[str]] = {}
+        self.logins = Logins(self.tokens, self.add_bucket)
+        self.relay = Relay(self.tokens, self.rotation, self.logins)
         self._saved: dict[str, tuple[http.Request, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -138,7 +139,19 @@ class Injector:
     def done(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        self.logins.stop()
         self.relay.stop()
+
+    def add_bucket(self, provider: str, bucket: str) -> None:
+        """A login just finished: rotation may use the bucket at once."""
+        known = self.buckets.setdefault(provider, [])
+        if bucket not in known:
+            known.append(bucket)
+
+    def remove_buckets(self, provider: str, buckets: list[str]) -> None:
+        known = self.buckets.get(provider)
+        if known is not None:
+            self.buckets[provider] = [b for b in known if b not in buckets]
 
     async def _maintain(self) -> None:
         """Pick up config edits and new logins while running."""
@@ -215,7 +228,7 @@ class Injector:
         path = req.path.split("?")[0]
         dialect = _dialect_for(host)
         config = self.settings.config
-        if not config.proxy.allow_remote and not _is_loopback(flow):
+        if not config.proxy.allow_remote and not is_loopback_client(flow):
             _answer(
                 flow, dialect, 403, "placeholder keys are served only to clients on this machine"
             )
@@ -271,6 +284,8 @@ class Injector:
             body=req.raw_content or b"",
         )
         settings = config.provider(provider.name)
+        if settings.enabled:
+            job.login_wait = config.proxy.login_wait
         if settings.bucket and (model := provider.model_of(job.call())):
             job.buckets = [b for b in buckets if settings.rules(b).admits(model)]
             if not job.buckets:
@@ -379,17 +394,9 @@ def _client(config: Config, found: placeholder.Placeholder) -> ClientSettings | 
     return "unknown client secret"
 
 
-def _is_loopback(flow: http.HTTPFlow) -> bool:
+def is_loopback_client(flow: http.HTTPFlow) -> bool:
     peer = flow.client_conn.peername
-    if not peer:
-        return False
-    try:
-        addr = ipaddress.ip_address(str(peer[0]).split("%")[0])
-    except ValueError:
-        return is_loopback_host(str(peer[0]))
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
+    return bool(peer) and is_loopback_host(str(peer[0]))
 
 
 def _dialect_for(host: str) -> Dialect:

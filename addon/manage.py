@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -33,10 +32,10 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -52,8 +51,8 @@ from login.providers.google import GoogleProvider
 from login.store.paths import data_dir, private_dir, read_private, write_private
 from login.tokens import Entry
 
-if TYPE_CHECKING:
-    from .keyswap import Injector
+from .keyswap import Injector, is_loopback_client
+from .logins import LoginSession
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,6 @@ CSRF_HEADER = "x-keyswap-csrf"
 PAGE_DIR = Path(__file__).with_name("page")
 DEFAULT_BUCKET = "default"
 
-LOGIN_TIMEOUT = 600.0  # how long an auth-code login waits for the browser or a paste
 READY_WAIT = 15.0  # how long POST /login waits for the code or URL before answering
 FINISHED_SHOWN = 300.0  # a finished login stays listed this long
 HISTORY_INTERVAL = 10.0
@@ -138,83 +136,6 @@ def csrf_token(secret: str) -> str:
     return hmac.new(secret.encode(), b"keyswap status page csrf", hashlib.sha256).hexdigest()
 
 
-# -- logins started from the page -------------------------------------------------------------
-
-LoginState = Literal["starting", "waiting", "done", "failed", "cancelled"]
-
-
-@dataclass
-class LoginSession:
-    """One login running inside the proxy, and what the page needs to show for it."""
-
-    provider: Provider
-    bucket: str
-    id: str = field(default_factory=lambda: secrets.token_hex(8))
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-    state: LoginState = "starting"
-    user_code: str | None = None
-    verification_uri: str | None = None
-    authorize_url: str | None = None
-    listening: bool = False
-    account: str | None = None
-    error: str | None = None
-    steps: list[str] = field(default_factory=list)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    pastes: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("starting", "waiting")
-
-    def public(self) -> dict[str, Any]:
-        p = self.provider
-        return {
-            "id": self.id,
-            "provider": p.name,
-            "bucket": self.bucket,
-            "flow": p.flow,
-            "state": self.state,
-            "started": self.started,
-            "ended": self.ended,
-            "user_code": self.user_code,
-            "verification_uri": self.verification_uri,
-            "authorize_url": self.authorize_url,
-            "listening": self.listening,
-            # A code can be pasted into any auth-code login (the redirect URL works too).
-            "accepts_paste": p.flow == "auth_code",
-            "account": self.account,
-            "error": self.error,
-            "steps": list(self.steps),
-        }
-
-
-class PageUI:
-    """The `LoginUI` of a login started from the page: it records what the person must see
-    and takes pasted answers from `POST /api/auth/paste`."""
-
-    def __init__(self, session: LoginSession) -> None:
-        self.session = session
-
-    def step(self, line: str) -> None:
-        self.session.steps = [*self.session.steps[-9:], line]
-
-    async def device_code(self, user_code: str, verification_uri: str) -> None:
-        s = self.session
-        s.user_code, s.verification_uri, s.state = user_code, verification_uri, "waiting"
-        s.ready.set()
-
-    def authorize_url(self, url: str, title: str, listening: bool) -> None:
-        s = self.session
-        s.authorize_url, s.listening, s.state = url, listening, "waiting"
-        s.ready.set()
-
-    async def pasted(self) -> AsyncIterator[str]:
-        while True:
-            yield await self.session.pastes.get()
-
-
 # -- requests per bucket over time ------------------------------------------------------------
 
 Key = tuple[str, str]
@@ -258,13 +179,10 @@ class Manage:
     """Answers http(s)://keyswap.local/ inside the proxy."""
 
     def __init__(self, injector: object) -> None:
-        from .keyswap import Injector
-
         if not isinstance(injector, Injector):
             raise TypeError(f"Manage needs the keyswap Injector, not {type(injector).__name__}")
         self.injector: Injector = injector
         self.history = History()
-        self.sessions: dict[Key, LoginSession] = {}
         self.secret: str | None = None
         self._secret_error: str | None = None
         self._page: dict[str, bytes] = {}
@@ -295,9 +213,6 @@ class Manage:
     def done(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for session in self.sessions.values():
-            if session.task is not None:
-                session.task.cancel()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -326,7 +241,7 @@ class Manage:
         """HTTPS to keyswap.local: answer the CONNECT ourselves, never dial the name."""
         if flow.response is not None or _host(flow.request.host) != HOST:
             return
-        if not _is_loopback(flow):
+        if not is_loopback_client(flow):
             flow.response = http.Response.make(403, _REMOTE, {"content-type": "text/plain"})
             return
         flow.response = http.Response(
@@ -355,7 +270,7 @@ class Manage:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not self._ours(flow):
             return
-        if not _is_loopback(flow):
+        if not is_loopback_client(flow):
             flow.response = http.Response.make(403, _REMOTE, {"content-type": "text/plain"})
             return
         if flow.client_conn.tls_established:
@@ -494,7 +409,7 @@ class Manage:
         shown = time.time() - FINISHED_SHOWN
         sessions = [
             s.public()
-            for (prov, _), s in self.sessions.items()
+            for (prov, _), s in self.injector.logins.sessions.items()
             if prov == p.name and (s.ended is None or s.ended > shown)
         ]
         return {
@@ -578,53 +493,20 @@ class Manage:
 
     async def _login(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
         p = _provider(args["provider"])
-        bucket = _bucket(flow)
-        key = (p.name, bucket)
-        old = self.sessions.get(key)
-        if old is not None and old.task is not None and not old.task.done():
-            old.state = "cancelled"
-            old.task.cancel()
-            # Let it close its callback listener before the new one binds the same port.
-            await asyncio.wait([old.task], timeout=5)
-        session = self.sessions[key] = LoginSession(p, bucket)
-        session.task = asyncio.get_running_loop().create_task(self._run_login(session))
+        session = await self.injector.logins.start(p, _bucket(flow), replace=True)
         ready = asyncio.ensure_future(session.ready.wait())
-        await asyncio.wait([ready, session.task], timeout=READY_WAIT, return_when="FIRST_COMPLETED")
+        await asyncio.wait(
+            [ready, session.finished], timeout=READY_WAIT, return_when="FIRST_COMPLETED"
+        )
         ready.cancel()
         if session.state == "failed":
             raise ApiError(502, session.error or "the login failed", login=session.public())
         status = 200 if session.state in ("waiting", "done") else 202
         return _json({"login": session.public()}, status)
 
-    async def _run_login(self, session: LoginSession) -> None:
-        p, bucket = session.provider, session.bucket
-        ui = PageUI(session)
-        try:
-            cred = await self.injector.tokens.login(p.name, bucket, ui, timeout=LOGIN_TIMEOUT)
-        except asyncio.CancelledError:
-            if session.state != "cancelled":
-                session.state, session.error = "cancelled", "the login was stopped"
-            raise
-        except KeyswapError as exc:
-            session.state, session.error = "failed", str(exc)
-            log.info("keyswap: page login %s/%s failed: %s", p.name, bucket, exc)
-        except Exception as exc:
-            session.state, session.error = "failed", f"internal error ({type(exc).__name__})"
-            log.exception("keyswap: page login %s/%s", p.name, bucket)
-        else:
-            session.state, session.account = "done", cred.account
-            log.info("keyswap: %s/%s logged in from the status page", p.name, bucket)
-            # The injector would find the new bucket within a second; make it immediate.
-            found = self.injector.buckets.setdefault(p.name, [])
-            if bucket not in found:
-                found.append(bucket)
-        finally:
-            session.ended = time.time()
-            session.ready.set()
-
     def _session(self, flow: http.HTTPFlow, provider: str) -> LoginSession:
         p = _provider(provider)
-        session = self.sessions.get((p.name, _bucket(flow)))
+        session = self.injector.logins.sessions.get((p.name, _bucket(flow)))
         if session is None or not session.active:
             raise ApiError(409, f"no {p.name} login is running for that bucket")
         return session
@@ -648,10 +530,7 @@ class Manage:
 
     async def _cancel(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
         session = self._session(flow, args["provider"])
-        session.state, session.error = "cancelled", "the login was stopped"
-        if session.task is not None:
-            session.task.cancel()
-            await asyncio.wait([session.task], timeout=5)
+        await self.injector.logins.cancel(session)
         return _json({"login": session.public()})
 
     async def _logout(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
@@ -669,14 +548,10 @@ class Manage:
             except KeyswapError as exc:
                 raise ApiError(503, f"cannot remove {p.name}/{bucket}: {exc}") from None
             self.injector.rotation.reset(p.name, bucket)
-            finished = self.sessions.get((p.name, bucket))
-            if finished is not None and not finished.active:
-                del self.sessions[p.name, bucket]
+            self.injector.logins.forget(p.name, bucket)
         if not removed:
             raise ApiError(404, f"not logged in to {p.name}/{', '.join(buckets) or '-'}")
-        known = self.injector.buckets.get(p.name)
-        if known is not None:
-            self.injector.buckets[p.name] = [b for b in known if b not in removed]
+        self.injector.remove_buckets(p.name, removed)
         log.info("keyswap: logged out %s/%s from the status page", p.name, ",".join(removed))
         return _json({"provider": p.name, "removed": removed})
 
@@ -764,18 +639,5 @@ def _model_rows(data: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _is_loopback(flow: http.HTTPFlow) -> bool:
-    return _is_loopback_peer(flow.client_conn.peername)
-
-
 def _is_loopback_peer(peer: tuple[Any, ...] | None) -> bool:
-    if not peer:
-        return False
-    host = str(peer[0]).split("%")[0]
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return is_loopback_host(host)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
+    return peer is not None and len(peer) > 0 and is_loopback_host(str(peer[0]))

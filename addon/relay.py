@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -32,6 +32,7 @@ from login.tokens import Access, TokenService
 
 from .buckets import Rotation
 from .errors import error_body, error_headers
+from .logins import Logins
 from .placeholder import KEY_HEADERS
 from .ratelimit import reset_after
 
@@ -67,6 +68,8 @@ class Job:
     query: list[tuple[str, str]]  # without any `key=` placeholder
     headers: list[tuple[str, str]]
     body: bytes
+    # Seconds to wait for a login the proxy starts itself (`enabled = true`); None: don't.
+    login_wait: float | None = None
     created: float = field(default_factory=time.monotonic)
 
     def call(self) -> ApiCall:
@@ -101,9 +104,10 @@ class Answer:
 
 
 class Relay:
-    def __init__(self, tokens: TokenService, rotation: Rotation) -> None:
+    def __init__(self, tokens: TokenService, rotation: Rotation, logins: Logins) -> None:
         self.tokens = tokens
         self.rotation = rotation
+        self.logins = logins
         self._jobs: dict[str, Job] = {}
         self._server: HTTPServer | None = None
         self.port = 0
@@ -170,7 +174,31 @@ class Relay:
             reshaper = job.provider.reshape(call, resp.status_code)
             headers = _response_headers(resp, reshaper)
             return Answer(resp.status_code, headers, upstream=resp, reshaper=reshaper)
+        if job.login_wait is not None and self._only_logins_missing(job, problems):
+            return await self._after_login(job, job.login_wait)
         return self._nothing_left(job, problems)
+
+    def _only_logins_missing(self, job: Job, problems: _Problems) -> bool:
+        resting = self.rotation.soonest(job.provider.name, job.buckets) is not None
+        return not resting and not problems.failures
+
+    async def _after_login(self, job: Job, wait: float) -> Answer:
+        """Log in inside the proxy (one flow shared by every waiting request), then serve
+        the request on the new login."""
+        bucket = job.buckets[0] if job.buckets else "default"
+        session = await self.logins.start(job.provider, bucket, replace=False, announce=True)
+        done, _ = await asyncio.wait([session.finished], timeout=wait)
+        provider = job.provider.name
+        if session.state == "done":
+            return await self.run(
+                replace(job, buckets=[session.bucket], pinned=True, login_wait=None)
+            )
+        why = session.error if done and session.error else f"did not complete within {int(wait)} s"
+        msg = (
+            f"the {provider} login {why}; finish it at http://keyswap.local/ "
+            f"or run `python -m login {provider}`"
+        )
+        return _error(job.route.dialect, 401, msg)
 
     async def _attempt(
         self, job: Job, bucket: str, access: Access, problems: _Problems

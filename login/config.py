@@ -25,13 +25,17 @@ Bucket = Annotated[str, Field(pattern=BUCKET_PATTERN)]
 
 
 def is_loopback_host(host: str) -> bool:
-    host = host.strip("[]").lower()
+    """localhost, 127/8, ::1, and IPv4-mapped loopback (::ffff:127.0.0.1)."""
+    host = host.strip("[]").lower().split("%")[0]
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
 
 
 def check_url(url: str) -> str:
@@ -52,6 +56,8 @@ class ProxySettings(_Strict):
     strategy: Strategy = "round-robin"
     cooldown: float = Field(60.0, gt=0, description="seconds, when a 429 carries no reset hint")
     allow_remote: bool = False
+    # How long a request waits for a login the proxy starts itself (`enabled = true`).
+    login_wait: float = Field(120.0, gt=0)
     # Web pages (by origin, e.g. "https://my.app") allowed to spend the subscriptions.
     allow_origins: list[str] = Field(default_factory=list)
 
