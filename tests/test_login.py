@@ -123,10 +123,12 @@ def test_codex_login_via_callback(user: User, fake: FakeOAuth) -> None:
     # A forged callback with the wrong state is refused; the real one still works after it.
     forged = httpx.get(f"http://127.0.0.1:{port}/auth/callback?code=evil&state=wrong")
     assert forged.status_code == 400
-    callback = visit(url)
-    assert httpx.get(callback.replace("localhost", "127.0.0.1")).status_code == 200
+    callback = visit(url).replace("localhost", "127.0.0.1")
+    assert httpx.get(callback).status_code == 200
     res = proc.finish()
     assert res.code == 0, res.err
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(callback)  # a replayed callback finds nothing listening
     assert "as user@example.com" in res.err
     [entry] = status(user)
     assert entry["state"] == "valid" and entry["account"] == "user@example.com"
