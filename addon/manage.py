@@ -48,7 +48,7 @@ from login.errors import KeyswapError
 from login.providers import PROVIDERS
 from login.providers.base import Provider
 from login.providers.google import GoogleProvider
-from login.store.paths import data_dir, private_dir, read_private, write_private
+from login.store.paths import MANAGE_SECRET, data_dir, private_dir, read_private, write_private
 from login.tokens import Entry
 
 from .keyswap import Injector, is_loopback_client
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 HOST = "keyswap.local"
 ORIGINS = frozenset({"http://keyswap.local", "https://keyswap.local"})
-SECRET_FILE = "manage.secret"
+SECRET_FILE = MANAGE_SECRET
 SECRET_HEADER = "x-keyswap-secret"
 CSRF_HEADER = "x-keyswap-csrf"
 PAGE_DIR = Path(__file__).with_name("page")

@@ -206,6 +206,14 @@ def _login(args: argparse.Namespace) -> int:
     service = _service(args)
     ui = Console(no_browser=args.no_browser)
     provider = PROVIDERS[args.provider]
+    if provider.flow == "auth_code":
+        from .delegate import delegate
+
+        account = asyncio.run(delegate(args.provider, args.bucket, ui, args.timeout))
+        if account is not None:
+            who = f" as {account}" if account else ""
+            ui.done(f"Logged in to {provider.title}{who} (through the running proxy)")
+            return 0
     cred = _run(
         service, lambda: service.login(args.provider, args.bucket, ui, timeout=args.timeout)
     )

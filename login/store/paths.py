@@ -10,6 +10,9 @@ import platformdirs
 
 from ..errors import StoreError
 
+# The status page's per-install secret (see addon/manage.py), next to the tokens.
+MANAGE_SECRET = "manage.secret"
+
 
 def data_dir() -> Path:
     return Path(platformdirs.user_data_dir("keyswap", appauthor=False))
