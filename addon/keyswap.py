@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,9 @@ class Injector:
             asyncio.get_running_loop().create_task(old.aclose())
 
     def running(self) -> None:
+        if not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
+            # Decrypt only what keyswap serves; everything else is tunnelled untouched.
+            ctx.options.update(allow_hosts=served_hosts())  # type: ignore[no-untyped-call]
         port = self.relay.start()
         log.debug("keyswap: relay on 127.0.0.1:%d", port)
         self._task = asyncio.get_running_loop().create_task(self._maintain())
@@ -348,6 +352,14 @@ class Injector:
             self.relay.drop(ticket)
         flow.request.data = original.data
         return True
+
+
+def served_hosts() -> list[str]:
+    """mitmproxy `allow_hosts` patterns for every host a provider route or the status page
+    answers on."""
+    hosts = {h for p in PROVIDERS.values() for r in p.routes for h in r.hosts}
+    hosts |= {h for p in PROVIDERS.values() for h in p.native_hosts} | {"keyswap.local"}
+    return [rf"^{re.escape(h)}:\d+$" for h in sorted(hosts)]
 
 
 def _unknown(found: placeholder.Placeholder, host: str) -> str:

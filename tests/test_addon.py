@@ -165,13 +165,15 @@ def test_placeholder_for_a_foreign_route_gets_no_token(s: Stack) -> None:
     before = len(s.api.calls)
     with s.proxy() as proxy, http_client(proxy) as client:
         foreign = client.post(
-            "https://evil.example/v1/messages", headers={"x-api-key": "oauth:anthropic"}, json={}
+            "https://api.githubcopilot.com/v1/messages",
+            headers={"x-api-key": "oauth:anthropic"},
+            json={},
         )
         unknown = client.post(
             "https://api.anthropic.com/v1/messages", headers={"x-api-key": "oauth:nope"}, json={}
         )
     assert foreign.status_code == 403
-    assert "anthropic tokens are not sent to evil.example" in foreign.text
+    assert "anthropic tokens are not sent to api.githubcopilot.com" in foreign.text
     assert unknown.status_code == 400 and "unknown provider 'nope'" in unknown.text
     assert unknown.json()["type"] == "error", "Anthropic's error shape"
     assert len(s.api.calls) == before
@@ -415,3 +417,46 @@ def test_upstream_proxy_mode_carries_keyswaps_requests(s: Stack) -> None:
     assert resp.status_code == 200, resp.text
     assert "api.anthropic.com:443" in upstream.connects
     assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"
+
+
+def test_hosts_keyswap_does_not_serve_are_tunnelled(s: Stack, tmp_path: Path) -> None:
+    """Traffic to other hosts is neither decrypted nor slowed: the client sees the origin's
+    own certificate, which mitmproxy's CA did not issue."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import trustme
+
+    ca = trustme.CA()
+    ca_pem = tmp_path / "origin-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("other.example").configure_cert(tls)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = s.user.config.read_text().replace(
+        "[resolve]\n", f'[resolve]\n"other.example:443" = "127.0.0.1:{server.server_address[1]}"\n'
+    )
+    s.user.write_config(config)
+    try:
+        with s.proxy() as proxy:
+            origin_only = ssl.create_default_context(cafile=str(ca_pem))
+            with httpx.Client(proxy=proxy.url, verify=origin_only) as client:
+                assert client.get("https://other.example/").text == "hello"
+            with httpx.Client(proxy=proxy.url, verify=origin_only) as client:
+                with pytest.raises(httpx.ConnectError):
+                    client.get("https://api.anthropic.com/")  # served: mitmproxy's certificate
+    finally:
+        server.shutdown()
