@@ -21,6 +21,7 @@ from login.config import (
     is_loopback_host,
     load_config,
 )
+from login.env import refresh_bundle
 from login.errors import KeyswapError
 from login.net import make_client, ssl_context
 from login.providers import PROVIDERS
@@ -114,6 +115,7 @@ class Injector:
         self.relay = Relay(self.tokens, self.rotation, self.logins)
         self._saved: dict[str, tuple[http.Request, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._bundle: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -138,7 +140,11 @@ class Injector:
             ctx.options.update(allow_hosts=served_hosts())  # type: ignore[no-untyped-call]
         port = self.relay.start()
         log.debug("keyswap: relay on 127.0.0.1:%d", port)
-        self._task = asyncio.get_running_loop().create_task(self._maintain())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._maintain())
+        # Shells that exported the CA bundle keep verifying after mitmproxy's CA changed.
+        confdir = Path(ctx.options.confdir).expanduser()
+        self._bundle = loop.create_task(asyncio.to_thread(_refresh_bundle, confdir))
 
     def done(self) -> None:
         if self._task is not None:
@@ -352,6 +358,13 @@ class Injector:
             self.relay.drop(ticket)
         flow.request.data = original.data
         return True
+
+
+def _refresh_bundle(confdir: Path) -> None:
+    try:
+        refresh_bundle(confdir)
+    except (OSError, KeyswapError) as exc:
+        log.warning("keyswap: cannot update the CA bundle: %s", exc)
 
 
 def served_hosts() -> list[str]:
