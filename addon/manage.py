@@ -106,13 +106,13 @@ def load_secret(directory: Path | None = None) -> str:
     directory = private_dir(directory or data_dir())
     path = directory / SECRET_FILE
     try:
-        found = read_private(path).decode("ascii", "replace").strip()
+        found: str | None = read_private(path).decode("ascii", "replace").strip()
     except FileNotFoundError:
-        found = ""
-    if len(found) >= 32:
+        found = None
+    if found is not None and len(found) >= 32:
         return found
     secret = secrets.token_urlsafe(32)
-    if path.exists():  # damaged (empty, truncated): replace it
+    if found is not None:  # there, but damaged (empty, truncated): replace it
         write_private(path, secret.encode() + b"\n")
         return secret
     tmp = directory / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
