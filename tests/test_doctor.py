@@ -106,6 +106,13 @@ def test_stale_bundle_and_a_proxy_that_points_at_itself(user: User, tmp_path: Pa
     env = {**base_env(user.env), "HTTPS_PROXY": f"http://127.0.0.1:{port}"}
     with Mitmdump(tmp_path, env, "--listen-port", str(port)) as proxy:
         assert proxy.port == port
+        # The proxy brought the exported bundle up to date with its CA when it started...
+        deadline = time.monotonic() + 10
+        while doctor(user, "--port", str(port))[1]["bundle"].startswith("✘"):
+            assert time.monotonic() < deadline, "the proxy did not refresh the bundle"
+            time.sleep(0.2)
+        # ...so make it stale again behind the proxy's back.
+        assert user.run("env", "--confdir", str(old)).code == 0
         res, lines = doctor(user, "--port", str(port))
         assert res.code == 1
         assert lines["proxy"].startswith("✔ proxy reachable")
