@@ -35,8 +35,11 @@ from .logins import Logins
 from .relay import TICKET_HEADER, Job, Relay, forwardable
 
 log = logging.getLogger(__name__)
-# httpx logs every request URL at INFO; mitmproxy already shows the flows.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+# httpx logs every request URL at INFO and httpcore ten DEBUG records per request; mitmproxy
+# sets the root logger to DEBUG and hands every record to every addon, which costs more than
+# the relaying itself (bench/RESULTS.md). mitmproxy already shows the flows.
+for _name in ("httpx", "httpcore", "h11", "hpack"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 _NATIVE = {host: p for p in PROVIDERS.values() for host in p.native_hosts}
 _POLL_SECONDS = 1.0

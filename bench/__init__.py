@@ -1,0 +1,1 @@
+"""keyswap's benchmark: `python -m bench`. See bench/README.md."""

@@ -37,11 +37,21 @@ _MESSAGE = json.dumps(
 ).encode()
 _RATE_LIMITED = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
 _UNAUTHORIZED = b'{"type":"error","error":{"type":"authentication_error","message":"expired"}}'
-_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 411: "Length Required", 429: "Too Many Requests"}
+_REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    404: "Not Found",
+    411: "Length Required",
+    429: "Too Many Requests",
+}
 
 
 def _event(i: int) -> bytes:
-    data = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": str(i)}}
+    data = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": str(i)},
+    }
     return b"event: content_block_delta\ndata: " + json.dumps(data).encode() + b"\n\n"
 
 

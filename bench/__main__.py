@@ -1,0 +1,292 @@
+"""`python -m bench`: what keyswap costs, against direct and bare mitmdump. See README.md."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from .procs import User, revision
+from .profile import profile
+from .report import MIB, CpuMeter, Row, load_average, machine, table
+from .scenarios import (
+    REAL_KEY,
+    Cell,
+    Lab,
+    Memory,
+    Stampede,
+    Streams,
+    fresh_connections,
+    keepalive_json,
+    memory,
+    round_trip_429,
+    sse,
+    stampede,
+    warm_up,
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrency: tuple[int, ...] = (1, 8, 64)
+    rounds: int = 2  # of every JSON cell, paths interleaved
+    seconds: float = 2.0  # per JSON cell and round, after `warmup`
+    warmup: float = 0.5
+    streams: int = 8  # SSE responses per path
+    events: int = 6  # per SSE response, 50 ms apart
+    requests: int = 10_000  # for the memory measurement ...
+    requests_limit: float = 140.0  # ... or as many as this many seconds allow
+    stampede: int = 100  # concurrent requests per proxy on an expired token
+    fresh_seconds: float = 1.5
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(rounds=1, seconds=1.5, warmup=0.5, streams=4, requests=1000, fresh_seconds=1.0)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _sigterm(*_: object) -> NoReturn:
+    raise SystemExit(143)  # so that every started process is stopped on the way out
+
+
+def _keyswap_user(lab: Lab) -> User:
+    user = lab.user("keyswap")
+    user.save("default", f"ok-{time.time_ns()}", "unused", time.time() + 36_000)
+    return user
+
+
+def run_profile(workdir: Path) -> str:
+    """Only the profiles, under keep-alive JSON at c=8: bare mitmdump and keyswap."""
+    code = revision()  # of the copy the proxies run, taken next
+    with Lab.open(workdir, workers=2) as lab:
+        user = _keyswap_user(lab)
+        proxies = [
+            lab.start_proxy("bare"),
+            lab.start_proxy("keyswap", user),
+        ]
+        for p in proxies:
+            p.wait()
+            lab.target(p.name, p, "oauth:anthropic" if p.name != "bare" else REAL_KEY)
+        warm_up(lab, [p.name for p in proxies], 1.5)
+        out = []
+        for p in proxies:
+            _log(f"profiling {p.name}")
+            out.append(profile(lab.clients, p, lab.targets[p.name], workdir).summary())
+    return f"Machine: {machine()}\nkeyswap code: {code}\n\n" + "\n\n".join(out) + "\n"
+
+
+def run(s: Settings, workdir: Path) -> str:
+    started = time.monotonic()
+    load_before = load_average()
+    meter = CpuMeter()
+    code = revision()  # of the copy the proxies run, taken next
+    with Lab.open(workdir, workers=2) as lab:
+        ok = _keyswap_user(lab)
+        two = lab.user(
+            "retry",
+            '[proxy]\nstrategy = "failover"\n\n[providers.anthropic]\nbuckets = ["a", "b"]\n',
+        )
+        two.save("a", f"rl-{time.time_ns()}", "unused", time.time() + 36_000)  # always 429
+        two.save("b", f"ok-{time.time_ns()}", "unused", time.time() + 36_000)
+        proxies = [
+            lab.start_proxy("bare"),
+            lab.start_proxy("bare-stream", None, "--set", "stream_large_bodies=1"),
+            lab.start_proxy("keyswap", ok),
+            lab.start_proxy("retry", two),
+        ]
+        for p in proxies:
+            p.wait()
+        bare, bare_stream, keyswap, retry = proxies
+        lab.target("bare", bare, REAL_KEY)
+        lab.target("bare-stream", bare_stream, REAL_KEY)
+        lab.target("keyswap", keyswap, "oauth:anthropic")
+        lab.target("retry", retry, "oauth:anthropic")  # bucket a answers 429, then b
+        lab.target("retry-pinned", retry, "oauth:anthropic:b")  # the same, without the 429
+        _log(f"proxies up; warming up (workdir {workdir})")
+        warm_up(lab, ["direct", "bare", "keyswap", "bare-stream", "retry"], 1.0)
+
+        _log(f"memory: {s.requests} requests through bare and keyswap")
+        mem = memory(lab, ["bare", "keyswap"], s.requests, 8, s.requests_limit)
+        _log("keep-alive JSON")
+        cells = keepalive_json(lab, s.concurrency, s.rounds, s.seconds, s.warmup)
+        _log("SSE")
+        streams = {
+            name: sse(lab, name, s.streams, s.events)
+            for name in ("direct", "bare-stream", "keyswap", "retry-pinned")
+        }
+        before = lab.upstream.stats(lab.cafile).get("429", 0)
+        streams["retry"] = sse(lab, "retry", s.streams, s.events)
+        limited = lab.upstream.stats(lab.cafile).get("429", 0) - before
+        rtt_429 = round_trip_429(lab, 200)
+        _log("new connections")
+        fresh = fresh_connections(lab, s.fresh_seconds)
+        _log(f"refresh stampede: {s.stampede} requests per proxy")
+        one, two_procs = stampede(lab, s.stampede)
+        rows = _rows(s, cells, streams, (rtt_429, limited), one, two_procs, mem, fresh)
+    elapsed = time.monotonic() - started
+    return (
+        f"Machine: {machine()}\n"
+        f"keyswap code: {code}\n"
+        f"Run took {elapsed:.0f} s; load average before / after: {load_before} / "
+        f"{load_average()}; {meter.others()}\n\n{table(rows)}\n"
+    )
+
+
+def _rows(
+    s: Settings,
+    cells: dict[tuple[str, int], Cell],
+    streams: dict[str, Streams],
+    retries: tuple[float, int],  # one 429's round trip (ms), 429s the upstream sent
+    one: Stampede,
+    two: Stampede,
+    mem: dict[str, Memory],
+    fresh: dict[str, Cell],
+) -> list[Row]:
+    rows: list[Row] = []
+    for c in s.concurrency:
+        d, b, k = (cells[p, c] for p in ("direct", "bare", "keyswap"))
+        errors = sum(x.errors + x.non_200 for x in (d, b, k))
+        note = f" ({errors} errors)" if errors else ""
+        rows += [
+            Row(
+                f"JSON c={c}: p50 ms{note}",
+                d.p50,
+                b.p50,
+                k.p50,
+                "≤ 1.05× bare",
+                k.p50 <= 1.05 * b.p50,
+            ),
+            Row(f"JSON c={c}: p99 ms", d.p99, b.p99, k.p99, "≤ 1.10× bare", k.p99 <= 1.10 * b.p99),
+            Row(f"JSON c={c}: requests/s", d.rps, b.rps, k.rps),
+            Row(f"JSON c={c}: proxy CPU ms per request", None, b.cpu_ms, k.cpu_ms),
+        ]
+    sd, sb, sk = streams["direct"], streams["bare-stream"], streams["keyswap"]
+    rows += [
+        Row(
+            "SSE: TTFB p50 ms (first event)",
+            sd.ttfb_p50,
+            sb.ttfb_p50,
+            sk.ttfb_p50,
+            "≤ 1.05× bare",
+            sk.ttfb_p50 <= 1.05 * sb.ttfb_p50,
+        ),
+        Row(
+            "SSE: event gap p50 ms",
+            sd.gap_p50,
+            sb.gap_p50,
+            sk.gap_p50,
+            "≈ 50",
+            45 <= sk.gap_p50 <= 55,
+        ),
+        Row("SSE: event gap p99 ms", sd.gap_p99, sb.gap_p99, sk.gap_p99, "≤ 60", sk.gap_p99 <= 60),
+    ]
+    pinned, retried = streams["retry-pinned"], streams["retry"]
+    rtt_429, limited = retries
+    limit = pinned.ttfb_p50 + rtt_429
+    rows += [
+        Row("SSE: 429 round trip p50 ms (direct)", rtt_429, ratios=False),
+        Row(
+            "SSE, 2 buckets: TTFB p50 ms, no 429 (bucket b pinned)",
+            None,
+            None,
+            pinned.ttfb_p50,
+            ratios=False,
+        ),
+        Row(
+            f"SSE, 2 buckets: TTFB p50 ms, a answers 429 → b (upstream sent {limited}× 429)",
+            None,
+            None,
+            retried.ttfb_p50,
+            f"≤ {limit:.1f} (no-429 + 429 RTT)",
+            retried.ttfb_p50 <= limit,
+            ratios=False,
+        ),
+        Row(
+            "SSE, 2 buckets: event gap p50 / p99 ms after the retry",
+            None,
+            None,
+            f"{retried.gap_p50:.1f} / {retried.gap_p99:.1f}",
+            "≈ 50 / ≤ 60",
+            45 <= retried.gap_p50 <= 55 and retried.gap_p99 <= 60,
+            ratios=False,
+        ),
+    ]
+    sse_errors = {n: x.errors for n, x in streams.items() if x.errors}
+    if sse_errors:
+        rows.append(Row(f"SSE: streams with errors {sse_errors}", ratios=False))
+    for st in (one, two):
+        all_ok = st.statuses == {200: st.requests} and not st.errors
+        what = "1 proxy" if st.proxies == 1 else f"{st.proxies} proxies sharing the store"
+        answers = ", ".join(f"{n}× {code}" for code, n in sorted(st.statuses.items()))
+        rows.append(
+            Row(
+                f"Refresh stampede, {st.requests} requests, {what}: refresh calls",
+                None,
+                None,
+                f"{st.refreshes} ({answers})",
+                "exactly 1, all 200",
+                st.refreshes == 1 and all_ok,
+                ratios=False,
+            )
+        )
+    mb, mk = mem["bare"], mem["keyswap"]
+    count = f"{mb.requests:,} / {mk.requests:,}"
+    count = count if mb.requests != mk.requests else f"{mk.requests:,}"
+    failed = f" ({mb.errors + mk.errors} errors)" if mb.errors + mk.errors else ""
+    rows += [
+        Row("RSS MiB after warm-up", None, mb.warm / MIB, mk.warm / MIB),
+        Row("RSS MiB after half of the requests", None, mb.half / MIB, mk.half / MIB),
+        Row(f"RSS MiB after +{count} requests{failed}", None, mb.after / MIB, mk.after / MIB),
+        Row(
+            "RSS growth MiB over the second half",
+            None,
+            mb.second_half / MIB,
+            mk.second_half / MIB,
+            "flat (≤ 2% of warm)",
+            mk.second_half <= 0.02 * mk.warm,
+            ratios=False,
+        ),
+    ]
+    d, b, k = fresh["direct"], fresh["bare"], fresh["keyswap"]
+    rows += [
+        Row("New connection per request: p50 ms", d.p50, b.p50, k.p50),
+        Row("New connection per request: p99 ms", d.p99, b.p99, k.p99),
+        Row("New connection per request: proxy CPU ms", None, b.cpu_ms, k.cpu_ms),
+    ]
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~1 min)")
+    parser.add_argument("--out", type=Path, help="also write the report (Markdown) here")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (proxy logs)")
+    parser.add_argument(
+        "--profile", action="store_true", help="instead: py-spy profiles of bare and keyswap"
+    )
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    settings = Settings.quick() if args.quick else Settings()
+    workdir = Path(tempfile.mkdtemp(prefix="keyswap-bench-"))
+    try:
+        report = run_profile(workdir) if args.profile else run(settings, workdir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
