@@ -3,7 +3,10 @@ logins made with the real CLI, and a real mitmdump with keyswap."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,12 +87,14 @@ class Stack:
 
     def token(self, provider: str, bucket: str) -> str:
         """The access token stored for provider/bucket, read through keyswap's own API."""
-        import subprocess
-        import sys
+        return str(self.stored(provider, bucket)["access"])
 
+    def stored(self, provider: str, bucket: str) -> dict[str, str | None]:
+        """Everything secret that is stored for provider/bucket (access and refresh token)."""
         code = (
-            "import sys; from login.store import open_store; "
-            "print(open_store().load(sys.argv[1], sys.argv[2]).token)"
+            "import json, sys; from login.store import open_store; "
+            "c = open_store().load(sys.argv[1], sys.argv[2]); "
+            "print(json.dumps({'access': c.token, 'refresh': c.refresh}))"
         )
         out = subprocess.run(
             [sys.executable, "-c", code, provider, bucket],
@@ -98,7 +103,7 @@ class Stack:
             text=True,
             check=True,
         )
-        return out.stdout.strip()
+        return dict(json.loads(out.stdout))
 
     @contextmanager
     def proxy(self, *args: str) -> Iterator[Mitmdump]:

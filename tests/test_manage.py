@@ -7,8 +7,6 @@ import json
 import re
 import ssl
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,23 +67,6 @@ def bucket(c: httpx.Client, provider: str, name: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def stored(s: Stack, provider: str, bucket: str) -> dict[str, str | None]:
-    """Everything secret that is stored for provider/bucket (access and refresh token)."""
-    code = (
-        "import json, sys; from login.store import open_store; "
-        "c = open_store().load(sys.argv[1], sys.argv[2]); "
-        "print(json.dumps({'access': c.token, 'refresh': c.refresh}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, provider, bucket],
-        env=s.user.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(out.stdout))
-
-
 def copilot_chat(proxy: Mitmdump, placeholder: str) -> httpx.Response:
     with client(proxy) as c:
         return c.post(
@@ -101,7 +82,7 @@ def copilot_chat(proxy: Mitmdump, placeholder: str) -> httpx.Response:
 def test_providers_lists_everything_and_never_a_token(s: Stack) -> None:
     s.login_copilot()
     s.login_anthropic("work")
-    secrets = [*stored(s, "copilot", "default").values(), *stored(s, "anthropic", "work").values()]
+    secrets = [*s.stored("copilot", "default").values(), *s.stored("anthropic", "work").values()]
     assert s.token("copilot", "default") in secrets
     with s.proxy() as proxy, client(proxy) as c:
         listing = c.get(f"{BASE}/api/auth/providers")
