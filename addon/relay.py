@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
+from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
@@ -379,6 +380,16 @@ class _RelayHandler(RequestHandler):
             await self._write(answer)
         except (StreamClosedError, asyncio.CancelledError):
             pass
+        except httpx.HTTPError as exc:
+            # The provider broke off mid-body: end the client's stream abruptly too, so the
+            # client sees an incomplete answer rather than a clean, truncated one.
+            log.warning("keyswap: %s stream broke off (%s)", job.provider.name, type(exc).__name__)
+            if self._headers_written:
+                if isinstance(self.request.connection, HTTP1Connection):
+                    self.request.connection.close()  # no final chunk: visibly incomplete
+            else:
+                self.clear()
+                await self._write(_error(job.route.dialect, 502, _describe(exc, job)))
         finally:
             if answer is not None and answer.upstream is not None:
                 await answer.upstream.aclose()

@@ -460,3 +460,54 @@ def test_hosts_keyswap_does_not_serve_are_tunnelled(s: Stack, tmp_path: Path) ->
                     client.get("https://api.anthropic.com/")  # served: mitmproxy's certificate
     finally:
         server.shutdown()
+
+
+def test_a_stream_the_provider_breaks_off_stays_visibly_broken(s: Stack, tmp_path: Path) -> None:
+    """Upstream dies mid-stream: the client must see an incomplete answer, never a clean end."""
+    import socket
+    import threading
+
+    import trustme
+
+    s.login_anthropic()
+    ca = trustme.CA()
+    ca_pem = tmp_path / "broken-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("api.anthropic.com").configure_cert(tls)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        with tls.wrap_socket(conn, server_side=True) as c:
+            c.recv(65536)
+            c.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
+            event = b"event: content_block_delta\ndata: {}\n\n"
+            c.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+        # closed without the final 0-chunk
+
+    threading.Thread(target=serve_once, daemon=True).start()
+    port = listener.getsockname()[1]
+    config = (
+        s.user.config.read_text()
+        .replace('"api.anthropic.com:443" =', '"unused.example:443" =')
+        .replace("[resolve]\n", f'[resolve]\n"api.anthropic.com:443" = "127.0.0.1:{port}"\n')
+    )
+    s.user.write_config(config)
+    s.ca_pem = str(ca_pem)
+    with s.proxy() as proxy, http_client(proxy) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            with client.stream(
+                "POST",
+                "https://api.anthropic.com/v1/messages",
+                headers={"x-api-key": "oauth:anthropic"},
+                json={"model": "m", "max_tokens": 5, "stream": True, "messages": []},
+            ) as resp:
+                assert resp.status_code == 200
+                for _ in resp.iter_lines():
+                    pass
+        proxy.wait_for("stream broke off")
+    listener.close()
