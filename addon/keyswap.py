@@ -174,6 +174,7 @@ class Injector:
                 if self.settings.changed():
                     self._reconfigure()
                 names = await asyncio.to_thread(lambda: self.tokens.store.names())
+                self.tokens.retain(set(names))
                 found: dict[str, list[str]] = {}
                 for name in names:
                     prov, _, bucket = name.partition(":")

@@ -190,6 +190,11 @@ class TokenService:
         self._cache[cred.name] = cred
         return cred
 
+    def retain(self, names: set[str]) -> None:
+        """Forget cached tokens of logins no longer in the store (logged out elsewhere)."""
+        for name in [n for n in self._cache if n not in names]:
+            del self._cache[name]
+
     def logout(self, provider: str, bucket: str) -> bool:
         get_provider(provider)
         name = entry_name(provider, bucket)

@@ -106,3 +106,12 @@ def test_python_m_addon_starts_mitmdump_with_keyswap(user: User, tmp_path: Path)
         ).stdout
         + "--listen-host"
     )
+
+
+def test_a_logout_elsewhere_stops_the_proxy_using_the_login(s: Stack) -> None:
+    s.login_anthropic("work")
+    headers = {"x-api-key": "oauth:anthropic:work"}
+    with s.proxy() as proxy, http_client(proxy) as client:
+        assert client.post(MESSAGES, headers=headers, json=BODY).status_code == 200
+        assert s.user.run("logout", "anthropic", "work").code == 0
+        eventually(lambda: client.post(MESSAGES, headers=headers, json=BODY).status_code == 401)
