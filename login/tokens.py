@@ -180,10 +180,9 @@ class TokenService:
         ui: LoginUI,
         *,
         timeout: float = 300.0,
-        device: bool = False,
     ) -> Credential:
         p = get_provider(provider)
-        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout, device)
+        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout)
         cred = await p.login(ctx)
         async with async_file_lock(cred.name):
             await asyncio.to_thread(self.store.save, cred)

@@ -105,7 +105,6 @@ class LoginContext:
     ui: LoginUI
     bucket: str
     timeout: float = 300.0
-    device: bool = False  # prefer a device-code flow where the provider has both
 
 
 class Provider(BaseModel):
