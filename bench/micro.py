@@ -37,6 +37,23 @@ HEADERS = [
 ]
 
 
+async def _drive_pool(conns: list[Conn], request: bytes) -> float:
+    """`_drive` over a pool of keep-alive connections, one request in flight on each."""
+
+    async def one() -> None:
+        conn = conns.pop()
+        try:
+            await conn.exchange(request)
+        finally:
+            conns.append(conn)
+
+    try:
+        return await _drive(one)
+    finally:
+        for c in conns:
+            c.close()
+
+
 async def _drive(one: Callable[[], Awaitable[None]]) -> float:
     """CPU ms per request of `one`, CONCURRENCY at a time, after a short warm-up."""
     for _ in range(50):
@@ -100,20 +117,7 @@ async def httpcore_pool(port: int, ctx: ssl.SSLContext) -> float:
 async def raw_asyncio(port: int, ctx: ssl.SSLContext) -> float:
     target = Target("raw", ("127.0.0.1", port), "", "ok-micro")
     conns = [await Conn.open(target, ctx) for _ in range(CONCURRENCY)]
-    request = request_bytes("ok-micro")
-
-    async def one() -> None:
-        conn = conns.pop()
-        try:
-            await conn.exchange(request)
-        finally:
-            conns.append(conn)
-
-    try:
-        return await _drive(one)
-    finally:
-        for c in conns:
-            c.close()
+    return await _drive_pool(conns, request_bytes("ok-micro"))
 
 
 _REPLY = b"x" * 238
@@ -172,20 +176,7 @@ async def _plain_client(port: int) -> float:
     conns = []
     for _ in range(CONCURRENCY):
         conns.append(Conn(*await asyncio.open_connection("127.0.0.1", port)))
-    request = request_bytes("ticket")
-
-    async def one() -> None:
-        conn = conns.pop()
-        try:
-            await conn.exchange(request)
-        finally:
-            conns.append(conn)
-
-    try:
-        return await _drive(one)
-    finally:
-        for c in conns:
-            c.close()
+    return await _drive_pool(conns, request_bytes("ticket"))
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -37,6 +38,20 @@ def http_client(proxy: Mitmdump, proxy_url: str | None = None) -> httpx.Client:
 def sdk_env(proxy: Mitmdump, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in proxy.client_env().items():
         monkeypatch.setenv(key, value)
+
+
+MESSAGES = "https://api.anthropic.com/v1/messages"
+_BODY = {"model": "m", "max_tokens": 5, "messages": []}
+
+
+def post_messages(client: httpx.Client, key: str = "oauth:anthropic") -> httpx.Response:
+    return client.post(MESSAGES, headers={"x-api-key": key}, json=_BODY)
+
+
+def stream_messages(client: httpx.Client, key: str = "oauth:anthropic") -> Any:
+    return client.stream(
+        "POST", MESSAGES, headers={"x-api-key": key}, json={**_BODY, "stream": True}
+    )
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -231,22 +246,13 @@ def test_429_moves_to_the_next_bucket_and_still_streams(s: Stack) -> None:
     s.api.rate_limit("anthropic", token=token_a, seconds=120)
     with s.proxy() as proxy, http_client(proxy) as client:
         arrivals = []
-        with client.stream(
-            "POST",
-            "https://api.anthropic.com/v1/messages",
-            headers={"x-api-key": "oauth:anthropic"},
-            json={"model": "m", "max_tokens": 5, "stream": True, "messages": []},
-        ) as resp:
+        with stream_messages(client) as resp:
             assert resp.status_code == 200
             for line in resp.iter_lines():
                 if line.startswith("event: content_block_delta"):
                     arrivals.append(time.monotonic())
         # The next request skips "a" (cooling) and goes straight to "b".
-        again = client.post(
-            "https://api.anthropic.com/v1/messages",
-            headers={"x-api-key": "oauth:anthropic"},
-            json={"model": "m", "max_tokens": 5, "messages": []},
-        )
+        again = post_messages(client)
     assert len(arrivals) == s.api.stream_events
     assert min(gaps(arrivals)) >= 0.6 * s.api.event_gap, "the retried stream was buffered"
     used = [c.headers["authorization"] for c in s.api.calls if c.provider == "anthropic"]
@@ -259,11 +265,7 @@ def test_all_buckets_cooling_answers_429_with_retry_after(s: Stack) -> None:
     s.api.rate_limit("anthropic", token=token_a, seconds=100)
     s.api.rate_limit("anthropic", token=token_b, seconds=40)
     with s.proxy() as proxy, http_client(proxy) as client:
-        resp = client.post(
-            "https://api.anthropic.com/v1/messages",
-            headers={"x-api-key": "oauth:anthropic"},
-            json={"model": "m", "max_tokens": 5, "messages": []},
-        )
+        resp = post_messages(client)
     assert resp.status_code == 429
     assert 30 <= int(resp.headers["retry-after"]) <= 41, "the soonest reset, from the hints"
     body = resp.json()
@@ -275,11 +277,7 @@ def test_401_refreshes_once_and_retries(s: Stack) -> None:
     old = s.login_anthropic()
     s.api.fail_auth("anthropic", times=1)
     with s.proxy() as proxy, http_client(proxy) as client:
-        resp = client.post(
-            "https://api.anthropic.com/v1/messages",
-            headers={"x-api-key": "oauth:anthropic"},
-            json={"model": "m", "max_tokens": 5, "messages": []},
-        )
+        resp = post_messages(client)
     assert resp.status_code == 200, resp.text
     assert s.oauth.count("anthropic", "refresh") == 1
     new = s.token("anthropic", "default")
@@ -306,12 +304,7 @@ def test_client_disconnect_closes_the_upstream_stream(s: Stack) -> None:
     s.login_anthropic()
     s.api.stream_events = 200
     with s.proxy() as proxy, http_client(proxy) as client:
-        with client.stream(
-            "POST",
-            "https://api.anthropic.com/v1/messages",
-            headers={"x-api-key": "oauth:anthropic"},
-            json={"model": "m", "max_tokens": 5, "stream": True, "messages": []},
-        ) as resp:
+        with stream_messages(client) as resp:
             for line in resp.iter_lines():
                 if line.startswith("event: content_block_delta"):
                     break
@@ -386,17 +379,9 @@ def test_round_robin_alternates_buckets(s: Stack) -> None:
     token_a, token_b = s.login_anthropic("a"), s.login_anthropic("b")
     with s.proxy() as proxy, http_client(proxy) as client:
         for _ in range(4):
-            resp = client.post(
-                "https://api.anthropic.com/v1/messages",
-                headers={"x-api-key": "oauth:anthropic"},
-                json={"model": "m", "max_tokens": 5, "messages": []},
-            )
+            resp = post_messages(client)
             assert resp.status_code == 200
-        pinned = client.post(
-            "https://api.anthropic.com/v1/messages",
-            headers={"x-api-key": "oauth:anthropic:b"},
-            json={"model": "m", "max_tokens": 5, "messages": []},
-        )
+        pinned = post_messages(client, "oauth:anthropic:b")
     assert pinned.status_code == 200
     used = [c.headers["authorization"].split()[-1] for c in s.api.calls]
     assert used == [token_a, token_b, token_a, token_b, token_b]
@@ -409,11 +394,7 @@ def test_upstream_proxy_mode_carries_keyswaps_requests(s: Stack) -> None:
     routes = {"api.anthropic.com:443": ("127.0.0.1", s.api.port)}
     with ConnectProxy(routes) as upstream:
         with s.proxy("--mode", f"upstream:{upstream.url}") as proxy, http_client(proxy) as c:
-            resp = c.post(
-                "https://api.anthropic.com/v1/messages",
-                headers={"x-api-key": "oauth:anthropic"},
-                json={"model": "m", "max_tokens": 5, "messages": []},
-            )
+            resp = post_messages(c)
     assert resp.status_code == 200, resp.text
     assert "api.anthropic.com:443" in upstream.connects
     assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"
@@ -500,12 +481,7 @@ def test_a_stream_the_provider_breaks_off_stays_visibly_broken(s: Stack, tmp_pat
     s.ca_pem = str(ca_pem)
     with s.proxy() as proxy, http_client(proxy) as client:
         with pytest.raises(httpx.RemoteProtocolError):
-            with client.stream(
-                "POST",
-                "https://api.anthropic.com/v1/messages",
-                headers={"x-api-key": "oauth:anthropic"},
-                json={"model": "m", "max_tokens": 5, "stream": True, "messages": []},
-            ) as resp:
+            with stream_messages(client) as resp:
                 assert resp.status_code == 200
                 for _ in resp.iter_lines():
                     pass
