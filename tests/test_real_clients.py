@@ -1,0 +1,72 @@
+"""Real CLIs through keyswap, configured only with `python -m login env`'s output."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, User
+from tests.e2e import Stack, stack
+from tests.proxy import Mitmdump
+
+CODEX = ROOT / ".ci" / "npm" / "node_modules" / ".bin" / "codex"
+
+
+def require(binary: Path, package: str) -> None:
+    if binary.exists():
+        return
+    why = f"{package} is not installed (npm install --prefix .ci/npm {package})"
+    if os.environ.get("KEYSWAP_REQUIRE_CLIS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.fixture
+def s(user: User, tmp_path: Path) -> Iterator[Stack]:
+    with stack(user, tmp_path) as st:
+        yield st
+
+
+def env_from_login_env(s: Stack, proxy: Mitmdump) -> dict[str, str]:
+    """The environment a user gets from `eval "$(python -m login env)"`, and nothing else
+    from keyswap."""
+    res = s.user.run("env", "--port", str(proxy.port), "--confdir", str(proxy.confdir))
+    assert res.code == 0, res.err
+    env = {"PATH": os.environ["PATH"], "HOME": s.user.env["HOME"], "LANG": "C.UTF-8"}
+    for line in res.out.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = shlex.split(value)[0]
+    return env
+
+
+def test_codex_cli_on_a_chatgpt_login(s: Stack, tmp_path: Path) -> None:
+    require(CODEX, "@openai/codex")
+    token = s.login_codex()
+    work = tmp_path / "work"
+    work.mkdir()
+    with s.proxy() as proxy:
+        env = {**env_from_login_env(s, proxy), "CODEX_API_KEY": "oauth:codex"}
+        env["CODEX_HOME"] = str(tmp_path / "codex-home")
+        Path(env["CODEX_HOME"]).mkdir()
+        done = subprocess.run(
+            [str(CODEX), "exec", "--skip-git-repo-check", "say hi"],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = "".join(str(i) for i in range(s.api.stream_events))
+    assert expected in done.stdout
+    answered = [c for c in s.api.calls if c.method == "POST" and c.path.endswith("/responses")]
+    assert answered, "the Responses call reached the Codex backend"
+    call = answered[-1]
+    assert call.headers["authorization"] == f"Bearer {token}"
+    assert call.headers["chatgpt-account-id"] == s.oauth.codex_account_id
+    assert token not in done.stdout + done.stderr
