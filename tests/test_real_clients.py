@@ -15,6 +15,7 @@ from tests.e2e import Stack, stack
 from tests.proxy import Mitmdump
 
 CODEX = ROOT / ".ci" / "npm" / "node_modules" / ".bin" / "codex"
+CLAUDE = ROOT / ".ci" / "npm" / "node_modules" / ".bin" / "claude"
 
 
 def require(binary: Path, package: str) -> None:
@@ -69,4 +70,26 @@ def test_codex_cli_on_a_chatgpt_login(s: Stack, tmp_path: Path) -> None:
     call = answered[-1]
     assert call.headers["authorization"] == f"Bearer {token}"
     assert call.headers["chatgpt-account-id"] == s.oauth.codex_account_id
+    assert token not in done.stdout + done.stderr
+
+
+def test_claude_code_keeps_its_token_out_of_its_environment(s: Stack, tmp_path: Path) -> None:
+    require(CLAUDE, "@anthropic-ai/claude-code")
+    token = s.login_anthropic()
+    with s.proxy() as proxy:
+        env = {**env_from_login_env(s, proxy), "ANTHROPIC_API_KEY": "oauth:anthropic"}
+        done = subprocess.run(
+            [str(CLAUDE), "-p", "say hi"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "".join(str(i) for i in range(s.api.stream_events)) in done.stdout
+    [call] = [c for c in s.api.calls if c.path == "/v1/messages"]
+    assert call.headers["authorization"] == f"Bearer {token}"
+    assert "oauth-2025-04-20" in call.headers["anthropic-beta"].split(",")
+    assert "x-api-key" not in call.headers
     assert token not in done.stdout + done.stderr
