@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +94,53 @@ def test_claude_code_keeps_its_token_out_of_its_environment(s: Stack, tmp_path: 
     assert "oauth-2025-04-20" in call.headers["anthropic-beta"].split(",")
     assert "x-api-key" not in call.headers
     assert token not in done.stdout + done.stderr
+
+
+SDK_SCRIPT = """
+import sys, openai, anthropic, requests
+openai_text = openai.OpenAI(api_key="oauth:copilot").chat.completions.create(
+    model="gpt-4.1", messages=[{"role": "user", "content": "hi"}]
+).choices[0].message.content
+claude = anthropic.Anthropic(api_key="oauth:anthropic").messages.create(
+    model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+)
+plain = requests.post(
+    "https://api.anthropic.com/v1/messages",
+    headers={"x-api-key": "oauth:anthropic"},
+    json={"model": "m", "max_tokens": 5, "messages": []},
+)
+print(openai_text, claude.content[0].text, plain.status_code)
+"""
+
+
+def test_python_clients_and_curl_with_only_login_env(s: Stack) -> None:
+    """The SDKs, requests and curl each find the proxy and trust it from `login env` alone."""
+    copilot, anthropic_token = s.login_copilot(), s.login_anthropic()
+    with s.proxy() as proxy:
+        env = env_from_login_env(s, proxy)
+        sdks = subprocess.run(
+            [sys.executable, "-c", SDK_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+        )
+        curl = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "https://api.githubcopilot.com/chat/completions",
+                "-H",
+                "Authorization: Bearer oauth:copilot",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                '{"model":"gpt-4.1","messages":[{"role":"user","content":"hi"}]}',
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert sdks.returncode == 0, sdks.stderr[-2000:]
+    assert sdks.stdout.split() == ["01234", "01234", "200"]
+    assert curl.returncode == 0, curl.stderr
+    assert "01234" in curl.stdout
+    used = [c.headers["authorization"].split()[-1] for c in s.api.calls]
+    assert used == [copilot, anthropic_token, anthropic_token, copilot]
