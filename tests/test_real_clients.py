@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -144,3 +145,33 @@ def test_python_clients_and_curl_with_only_login_env(s: Stack) -> None:
     assert "01234" in curl.stdout
     used = [c.headers["authorization"].split()[-1] for c in s.api.calls]
     assert used == [copilot, anthropic_token, anthropic_token, copilot]
+
+
+_ARCH = "arm64" if platform.machine() in ("aarch64", "arm64") else "x64"
+NODE = ROOT / ".ci" / "npm" / "node_modules" / f"node-linux-{_ARCH}" / "bin" / "node"
+NODE_FETCH = """
+const r = await fetch("https://api.anthropic.com/v1/messages", {
+  method: "POST",
+  headers: {"x-api-key": "oauth:anthropic", "content-type": "application/json"},
+  body: JSON.stringify({model: "m", max_tokens: 5, messages: []}),
+});
+console.log(r.status, (await r.json()).content[0].text);
+"""
+
+
+def test_node_fetch_with_only_login_env(s: Stack, tmp_path: Path) -> None:
+    require(NODE, f"node-linux-{_ARCH}@22.21.1")
+    token = s.login_anthropic()
+    script = tmp_path / "fetch.mjs"
+    script.write_text(NODE_FETCH)
+    with s.proxy() as proxy:
+        done = subprocess.run(
+            [str(NODE), str(script)],
+            env=env_from_login_env(s, proxy),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["200", "01234"]
+    assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"
