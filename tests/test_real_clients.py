@@ -99,6 +99,7 @@ def test_claude_code_keeps_its_token_out_of_its_environment(s: Stack, tmp_path: 
 
 SDK_SCRIPT = """
 import sys, openai, anthropic, requests
+from google import genai
 openai_text = openai.OpenAI(api_key="oauth:copilot").chat.completions.create(
     model="gpt-4.1", messages=[{"role": "user", "content": "hi"}]
 ).choices[0].message.content
@@ -110,13 +111,17 @@ plain = requests.post(
     headers={"x-api-key": "oauth:anthropic"},
     json={"model": "m", "max_tokens": 5, "messages": []},
 )
-print(openai_text, claude.content[0].text, plain.status_code)
+google = genai.Client(api_key="oauth:gemini")  # kept: a dropped client closes its pool
+gemini = google.models.generate_content(model="gemini-2.5-pro", contents="hi")
+print(openai_text, claude.content[0].text, plain.status_code, gemini.text)
 """
 
 
 def test_python_clients_and_curl_with_only_login_env(s: Stack) -> None:
     """The SDKs, requests and curl each find the proxy and trust it from `login env` alone."""
     copilot, anthropic_token = s.login_copilot(), s.login_anthropic()
+    gemini = s.login_google("gemini")
+    before = len(s.api.calls)  # the Google login's own Code Assist calls
     with s.proxy() as proxy:
         env = env_from_login_env(s, proxy)
         sdks = subprocess.run(
@@ -140,11 +145,11 @@ def test_python_clients_and_curl_with_only_login_env(s: Stack) -> None:
             timeout=60,
         )
     assert sdks.returncode == 0, sdks.stderr[-2000:]
-    assert sdks.stdout.split() == ["01234", "01234", "200"]
+    assert sdks.stdout.split() == ["01234", "01234", "200", "01234"]
     assert curl.returncode == 0, curl.stderr
     assert "01234" in curl.stdout
-    used = [c.headers["authorization"].split()[-1] for c in s.api.calls]
-    assert used == [copilot, anthropic_token, anthropic_token, copilot]
+    used = [c.headers["authorization"].split()[-1] for c in s.api.calls[before:]]
+    assert used == [copilot, anthropic_token, anthropic_token, gemini, copilot]
 
 
 _ARCH = "arm64" if platform.machine() in ("aarch64", "arm64") else "x64"
