@@ -1,8 +1,9 @@
 """Outbound HTTP for keyswap itself (logins, refreshes, token exchanges).
 
 Verifies TLS against certifi + the system roots + `SSL_CERT_FILE`, dials the
-addresses `[resolve]` names while keeping SNI and Host, and never goes through a
-proxy on this machine (that would be keyswap's own).
+addresses `[resolve]` names while keeping SNI and Host, and ignores proxy variables
+(after `login env` they point at keyswap itself); the addon passes mitmproxy's
+`upstream:` proxy explicitly.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 import certifi
 import httpx
 
-from .config import Config, is_loopback_host
+from .config import Config
 
 USER_AGENT = "keyswap/0.1"
 
@@ -27,16 +27,6 @@ def ssl_context(extra_cas: Iterable[str] = ()) -> ssl.SSLContext:
         if cafile:
             ctx.load_verify_locations(cafile=cafile)
     return ctx
-
-
-def outbound_proxy() -> str | None:
-    """The user's HTTPS proxy, unless it points at this machine."""
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        url = os.environ.get(var)
-        if url:
-            host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
-            return None if is_loopback_host(host) else url
-    return None
 
 
 class _ResolvingTransport(httpx.AsyncBaseTransport):
