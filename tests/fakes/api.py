@@ -426,6 +426,11 @@ class FakeAPI(FakeServer):
 
     # configuration and clients
 
+    @property
+    def text(self) -> str:
+        """The whole text a generation answers with ("01234" for 5 events)."""
+        return full_text(self.stream_events)
+
     def resolve_toml(self) -> str:
         """keyswap's `[resolve]` table sending every provider host here."""
         lines = ["[resolve]"]
