@@ -480,7 +480,8 @@ def test_a_stream_the_provider_breaks_off_stays_visibly_broken(s: Stack, tmp_pat
     s.user.write_config(config)
     s.ca_pem = str(ca_pem)
     with s.proxy() as proxy, http_client(proxy) as client:
-        with pytest.raises(httpx.RemoteProtocolError):
+        # Incomplete chunked body or a reset, depending on timing: either is visibly broken.
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
             with stream_messages(client) as resp:
                 assert resp.status_code == 200
                 for _ in resp.iter_lines():
