@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import re
@@ -32,6 +33,7 @@ from . import placeholder
 from .buckets import Rotation
 from .errors import error_body, error_headers
 from .logins import Logins
+from .outbound import Outbound
 from .relay import TICKET_HEADER, Job, Relay, forwardable
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ class Injector:
         self.buckets: dict[str, list[str]] = {}
         self.logins = Logins(self.tokens, self.add_bucket)
         self.relay = Relay(self.tokens, self.rotation, self.logins)
-        self._saved: dict[str, tuple[http.Request, str | None]] = {}
+        self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._bundle: asyncio.Task[None] | None = None
 
@@ -130,12 +132,14 @@ class Injector:
     def _reconfigure(self) -> None:
         config = self.settings.config
         self.relay.cooldown = config.proxy.cooldown
-        verify, proxy = _verify(), _upstream_proxy()
-        old = self.relay.client
-        self.relay.client = make_client(config, timeout=600.0, proxy=proxy, verify=verify)
-        self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=verify))
+        proxy = _upstream_proxy()
+        old = self.relay.outbound
+        # Through an upstream proxy, names are the proxy's to resolve.
+        resolve = None if proxy else config.resolve_target
+        self.relay.outbound = Outbound(_verify(), resolve=resolve, proxy=proxy)
+        self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=_verify()))
         if old is not None:
-            asyncio.get_running_loop().create_task(old.aclose())
+            old.close()
 
     def running(self) -> None:
         if not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
@@ -315,13 +319,15 @@ class Injector:
         req = flow.request
         ticket = self.relay.submit(job)
         # Point the flow at the relay; the original comes back once the response starts.
-        self._saved[flow.id] = (req.copy(), ticket)
+        # The job carries the request, so the relay needs nothing but the ticket.
+        self._saved[flow.id] = (req.data, ticket)
+        req.data = copy.copy(req.data)
+        req.data.headers = http.Headers([(TICKET_HEADER.encode(), ticket.encode())])
+        req.data.content = b""
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
         # A connection of its own, never via an upstream proxy (mitmproxy's `upstream:`
         # mode would otherwise send the relay's address to that proxy).
         flow.server_conn = connection.Server(address=("127.0.0.1", self.relay.port))
-        req.headers[TICKET_HEADER] = ticket
-        req.content = b""
 
     async def _inject_websocket(self, flow: http.HTTPFlow, job: Job) -> None:
         """A WebSocket upgrade cannot go through the relay: mitmproxy carries it upstream
@@ -333,9 +339,11 @@ class Injector:
             return
         access, url = picked
         req = flow.request
-        self._saved[flow.id] = (req.copy(), None)
+        self._saved[flow.id] = (req.data, None)
+        req.data = copy.copy(req.data)
+        req.data.headers = req.data.headers.copy()
         client_headers = {k.lower(): v for k, v in job.headers}
-        req.url = str(url)
+        req.url = url
         for name in placeholder.KEY_HEADERS:
             req.headers.pop(name, None)
         for key, value in access.headers(job.path, client_headers, b"").items():
@@ -347,8 +355,12 @@ class Injector:
         return PROVIDERS.get(found.provider)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if self._restore(flow) and flow.response is not None:
-            flow.response.stream = True
+        if self._restore(flow) and (resp := flow.response) is not None:
+            # Streams (SSE, chunked) pass through as they come; a sized answer is buffered
+            # like any other, which costs mitmproxy less.
+            headers = resp.headers
+            sse = "event-stream" in headers.get("content-type", "")
+            resp.stream = sse or "content-length" not in headers or resp.status_code == 101
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
@@ -360,7 +372,7 @@ class Injector:
         original, ticket = saved
         if ticket is not None:
             self.relay.drop(ticket)
-        flow.request.data = original.data
+        flow.request.data = original
         return True
 
 

@@ -1,11 +1,11 @@
 """The loopback relay that carries every injected request upstream.
 
 mitmproxy cannot re-send a flow or stream a body an addon produces, so a request
-that needs a token is pointed at this relay (tornado, on 127.0.0.1, one-shot
-tickets). The relay adds the token, calls the provider with httpx, rotates to
-the next bucket on 429 and refreshes once on 401, and streams the winning
-response back chunk by chunk — also after a retry. The token never enters
-mitmproxy's flow, so no view, dump or log can show it.
+that needs a token is pointed at this relay (a small HTTP/1.1 server on 127.0.0.1
+that only mitmproxy talks to, with one-shot tickets). The relay adds the token,
+calls the provider (`outbound`), rotates to the next bucket on 429 and refreshes
+once on 401, and streams the winning response back chunk by chunk — also after a
+retry. The token never enters mitmproxy's flow, so no view, dump or log can show it.
 """
 
 from __future__ import annotations
@@ -13,17 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from http import HTTPStatus
 from typing import Any
-
-import httpx
-from tornado.http1connection import HTTP1Connection
-from tornado.httpserver import HTTPServer
-from tornado.iostream import StreamClosedError
-from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
 
 from login.config import is_loopback_host
 from login.errors import ClientError, KeyswapError, NeedsLogin
@@ -34,6 +29,7 @@ from login.tokens import Access, TokenService
 from .buckets import Rotation
 from .errors import error_body, error_headers
 from .logins import Logins
+from .outbound import Outbound, Response, Target, UpstreamError, UpstreamTimeout
 from .placeholder import KEY_HEADERS
 from .ratelimit import reset_after
 
@@ -99,7 +95,7 @@ class Answer:
 
     status: int
     headers: list[tuple[str, str]]
-    upstream: httpx.Response | None = None
+    upstream: Response | None = None
     body: bytes = b""
     reshaper: Reshaper | None = None
 
@@ -110,23 +106,33 @@ class Relay:
         self.rotation = rotation
         self.logins = logins
         self._jobs: dict[str, Job] = {}
-        self._server: HTTPServer | None = None
+        self._server: asyncio.Task[asyncio.Server] | None = None
         self.port = 0
         self.cooldown = 60.0
-        self.client: httpx.AsyncClient | None = None
+        self.outbound: Outbound | None = None
 
     def start(self) -> int:
-        sockets = bind_sockets(0, "127.0.0.1")
-        app = Application([(r".*", _RelayHandler, {"relay": self})], compress_response=False)
-        self._server = HTTPServer(app, idle_connection_timeout=120, decompress_request=False)
-        self._server.add_sockets(sockets)
-        self.port = int(sockets[0].getsockname()[1])
+        """Listen at once (the kernel queues early connections); serve once the loop runs."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = int(sock.getsockname()[1])
+        loop = asyncio.get_running_loop()
+        self._server = loop.create_task(
+            loop.create_server(lambda: _RelayConnection(self), sock=sock)
+        )
         return self.port
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
-            self._server = None
+            server, self._server = self._server, None
+            if server.done() and server.exception() is None:
+                server.result().close()
+            else:
+                server.cancel()
+        if self.outbound is not None:
+            self.outbound.close()
 
     def submit(self, job: Job) -> str:
         self._expire()
@@ -165,16 +171,16 @@ class Relay:
             if isinstance(sent, Answer):
                 return sent
             resp, call = sent
-            if resp.status_code == 429 and not job.pinned:
-                hint = reset_after(resp.headers, await _read_some(resp))
+            if resp.status == 429 and not job.pinned:
+                hint = reset_after(resp.lookup, await resp.read(_MAX_ERROR_BODY))
                 wait = hint if hint is not None else self.cooldown
                 self.rotation.cool(provider, bucket, wait)
                 log.info("keyswap: %s/%s rests %d s after a 429", provider, bucket, int(wait))
                 continue
             self.rotation.served[provider, bucket] += 1
-            reshaper = job.provider.reshape(call, resp.status_code)
+            reshaper = job.provider.reshape(call, resp.status)
             headers = _response_headers(resp, reshaper)
-            return Answer(resp.status_code, headers, upstream=resp, reshaper=reshaper)
+            return Answer(resp.status, headers, upstream=resp, reshaper=reshaper)
         if job.login_wait is not None and self._only_logins_missing(job, problems):
             return await self._after_login(job, job.login_wait)
         return self._nothing_left(job, problems)
@@ -203,17 +209,17 @@ class Relay:
 
     async def _attempt(
         self, job: Job, bucket: str, access: Access, problems: _Problems
-    ) -> tuple[httpx.Response, ApiCall] | Answer | None:
+    ) -> tuple[Response, ApiCall] | Answer | None:
         """Send on one bucket; on a 401 refresh once (or adopt what another process
         refreshed) and send again. None: this bucket cannot serve."""
         sent = await self._send(job, access)
-        if isinstance(sent, Answer) or sent[0].status_code != 401:
+        if isinstance(sent, Answer) or sent[0].status != 401:
             return sent
-        await sent[0].aclose()
+        sent[0].aclose()
         fresh = await self._access(job.provider.name, bucket, problems, rejected=access.token)
         return None if fresh is None else await self._send(job, fresh)
 
-    async def pick(self, job: Job) -> tuple[Access, httpx.URL] | Answer:
+    async def pick(self, job: Job) -> tuple[Access, str] | Answer:
         """The first usable bucket's token and the URL it may go to, for a request keyswap
         does not carry itself (a WebSocket upgrade)."""
         problems = _Problems()
@@ -224,11 +230,11 @@ class Relay:
             if access is None:
                 continue
             call = job.call()
-            url = httpx.URL(access.base_url + call.path, params=call.query)
-            if not self._deliverable(job.provider, url, access.endpoints):
-                return _error(job.route.dialect, 403, f"refusing to send a token to {url.host}")
+            to = Target.of(access.base_url, call.path, call.query)
+            if not self._deliverable(job.provider, to, access.endpoints):
+                return _error(job.route.dialect, 403, f"refusing to send a token to {to.host}")
             self.rotation.served[job.provider.name, bucket] += 1
-            return access, url
+            return access, f"{to.scheme}://{to.authority}{to.path}"
         return self._nothing_left(job, problems)
 
     async def _access(
@@ -262,37 +268,33 @@ class Relay:
         msg = f"not logged in to {provider}; run `python -m login {provider}`"
         return _error(dialect, 401, msg)
 
-    async def _send(self, job: Job, access: Access) -> tuple[httpx.Response, ApiCall] | Answer:
-        assert self.client is not None
+    async def _send(self, job: Job, access: Access) -> tuple[Response, ApiCall] | Answer:
+        assert self.outbound is not None
         try:
             call = job.provider.prepare(job.call(), access.credential)
         except ClientError as exc:
             return _error(job.route.dialect, exc.status, str(exc))
         if isinstance(call, LocalReply):
             return Answer(call.status, [("content-type", call.content_type)], body=call.body)
-        url = httpx.URL(access.base_url + call.path, params=call.query)
-        if not self._deliverable(job.provider, url, access.endpoints):
-            raise KeyswapError(f"refusing to send a {job.provider.name} token to {url.host}")
+        to = Target.of(access.base_url, call.path, call.query)
+        if not self._deliverable(job.provider, to, access.endpoints):
+            raise KeyswapError(f"refusing to send a {job.provider.name} token to {to.host}")
         extra = access.headers(call.path, {k.lower(): v for k, v in call.headers}, call.body)
+        if job.provider.reshape(call, 200) is not None:
+            # keyswap reads this body: ask only for what it can decode.
+            extra["Accept-Encoding"] = "gzip, deflate"
         replaced = {k.lower() for k in extra}
+        # The client's headers exactly, plus the provider's: no defaults of keyswap's own
+        # (an Accept-Encoding the client never sent would change what comes back).
         headers = [(k, v) for k, v in call.headers if k.lower() not in replaced]
         headers.extend(extra.items())
-        # A bare Request: the client's headers exactly, without httpx's defaults
-        # (an Accept-Encoding the client never sent would change what comes back).
-        request = httpx.Request(
-            call.method,
-            url,
-            headers=headers,
-            content=call.body,
-            extensions={"timeout": self.client.timeout.as_dict()},
-        )
-        return await self.client.send(request, stream=True), call
+        return await self.outbound.send(call.method, to, headers, call.body), call
 
     @staticmethod
-    def _deliverable(provider: Provider, url: httpx.URL, endpoints: Any) -> bool:
-        if url.scheme != "https" and not (url.scheme == "http" and is_loopback_host(url.host)):
+    def _deliverable(provider: Provider, to: Target, endpoints: Any) -> bool:
+        if to.scheme != "https" and not (to.scheme == "http" and is_loopback_host(to.host)):
             return False
-        return provider.may_deliver_to(url.host, endpoints)
+        return provider.may_deliver_to(to.host, endpoints)
 
 
 def _error(dialect: Any, status: int, message: str, retry_after: float | None = None) -> Answer:
@@ -312,7 +314,7 @@ def forwardable(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return out
 
 
-def _response_headers(resp: httpx.Response, reshaper: Reshaper | None) -> list[tuple[str, str]]:
+def _response_headers(resp: Response, reshaper: Reshaper | None) -> list[tuple[str, str]]:
     """Upstream's headers for the client. A reshaped body is decoded and changes size, so
     its encoding and length go, and its content type may change."""
     dropped = _HOP_BY_HOP - {"content-length"}
@@ -320,114 +322,187 @@ def _response_headers(resp: httpx.Response, reshaper: Reshaper | None) -> list[t
         dropped = dropped | {"content-length", "content-encoding"}
         if reshaper.content_type:
             dropped = dropped | {"content-type"}
-    out = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in dropped]
+    out = [(k, v) for k, v in resp.headers if k.lower() not in dropped]
     if reshaper is not None and reshaper.content_type:
         out.append(("content-type", reshaper.content_type))
     return out
 
 
-async def _read_some(resp: httpx.Response) -> bytes:
-    data = bytearray()
-    try:
-        async for chunk in resp.aiter_bytes():
-            data += chunk
-            if len(data) >= _MAX_ERROR_BODY:
-                break
-    except httpx.HTTPError:
-        pass
-    finally:
-        await resp.aclose()
-    return bytes(data)
+class _RelayConnection(asyncio.Protocol):
+    """One connection from mitmproxy: requests that carry a ticket and nothing else (the
+    addon moved the client's request into the Job), answered one at a time."""
 
-
-class _RelayHandler(RequestHandler):
-    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
-
-    def initialize(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay) -> None:
         self.relay = relay
-        self._task: asyncio.Task[Any] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.busy = False
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
 
-    def set_default_headers(self) -> None:
-        for name in ("Server", "Content-Type", "Date"):
-            self.clear_header(name)
+    # -- asyncio.Protocol ---------------------------------------------------------------
 
-    def compute_etag(self) -> None:
-        return None
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # Events are small writes that must leave at once (asyncio sets this only for
+        # sockets created with IPPROTO_TCP).
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def on_connection_close(self) -> None:
-        # The client went away: stop reading upstream, which closes that stream too.
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._next()
+        elif len(self.buffer) > _MAX_HEAD:
+            self._close()
 
-    async def _serve(self, *args: Any) -> None:
-        job = self.relay.take(self.request.headers.get(TICKET_HEADER, ""))
-        if job is None:
-            self.set_status(403)
-            self.finish(b"")
+    def connection_lost(self, exc: Exception | None) -> None:
+        # mitmproxy went away (its client did): stop reading upstream, closing that stream.
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _next(self) -> None:
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > _MAX_HEAD:
+                self._close()
             return
-        self._task = asyncio.current_task()
+        lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        method = lines[0].partition(" ")[0]
+        ticket, length = "", 0
+        for line in lines[1:]:
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key == TICKET_HEADER:
+                ticket = value.strip()
+            elif key == "content-length" and value.strip().isdigit():
+                length = int(value)
+            elif key == "transfer-encoding":
+                ticket = ""  # never sent by keyswap's addon: refuse rather than misparse
+        if len(self.buffer) < end + 4 + length:
+            return
+        del self.buffer[: end + 4 + length]
+        self.busy = True
+        task = asyncio.get_running_loop().create_task(self._serve(method, ticket))
+        if not task.done():  # mitmproxy's loop runs tasks eagerly: it may be over already
+            self.task = task
+
+    async def _serve(self, method: str, ticket: str) -> None:
+        try:
+            job = self.relay.take(ticket)
+            if job is None:
+                self._start(403, "Forbidden", [("content-length", "0")])
+                return
+            await self._relay(job, method == "HEAD")
+        finally:
+            self.busy = False
+            self.task = None
+            if self.buffer and not self.closed:
+                self._next()
+
+    async def _relay(self, job: Job, head_only: bool) -> None:
         answer: Answer | None = None
+        started = False
         try:
             try:
                 answer = await self.relay.run(job)
-            except (httpx.HTTPError, KeyswapError) as exc:
+            except (UpstreamError, KeyswapError) as exc:
                 answer = _error(job.route.dialect, 502, _describe(exc, job))
             except asyncio.CancelledError:
                 return
             except Exception:
                 log.exception("keyswap: internal error while relaying to %s", job.provider.name)
                 answer = _error(job.route.dialect, 500, "internal error; see the proxy's log")
-            await self._write(answer)
-        except (StreamClosedError, asyncio.CancelledError):
+            started = True
+            await self._write(answer, head_only)
+        except asyncio.CancelledError:
             pass
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             # The provider broke off mid-body: end the client's stream abruptly too, so the
             # client sees an incomplete answer rather than a clean, truncated one.
             log.warning("keyswap: %s stream broke off (%s)", job.provider.name, type(exc).__name__)
-            if self._headers_written:
-                if isinstance(self.request.connection, HTTP1Connection):
-                    self.request.connection.close()  # no final chunk: visibly incomplete
+            if started:
+                self._close()  # no final chunk: visibly incomplete
             else:
-                self.clear()
-                await self._write(_error(job.route.dialect, 502, _describe(exc, job)))
+                await self._write(_error(job.route.dialect, 502, _describe(exc, job)), head_only)
         finally:
             if answer is not None and answer.upstream is not None:
-                await answer.upstream.aclose()
+                answer.upstream.aclose()
 
-    get = head = post = delete = patch = put = options = _serve
-
-    async def _write(self, answer: Answer) -> None:
-        self.set_status(answer.status, _reason(answer))
-        for key, value in answer.headers:
-            self.add_header(key, value)
-        if answer.upstream is None:
-            self.finish(answer.body)
+    async def _write(self, answer: Answer, head_only: bool) -> None:
+        upstream = answer.upstream
+        if upstream is None:
+            headers = [*answer.headers, ("content-length", str(len(answer.body)))]
+            self._start(answer.status, "", headers)
+            self._send(b"" if head_only else answer.body)
             return
         reshaper = answer.reshaper
-        if reshaper is None:
-            async for chunk in answer.upstream.aiter_raw():
-                self.write(chunk)
-                await self.flush()
-            self.finish()
+        sized = reshaper is None and any(k.lower() == "content-length" for k, _ in answer.headers)
+        if head_only or answer.status in (204, 304) or sized:
+            self._start(answer.status, upstream.reason, answer.headers)
+            if not head_only:
+                async for chunk in upstream.aiter_raw():
+                    await self._pass(chunk)
             return
-        async for chunk in answer.upstream.aiter_bytes():
+        self._start(answer.status, upstream.reason, [*answer.headers, _CHUNKED])
+        if reshaper is None:
+            async for chunk in upstream.aiter_raw():
+                await self._pass(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            self._send(b"0\r\n\r\n")
+            return
+        async for chunk in upstream.aiter_decoded():
             if out := reshaper.feed(chunk):
-                self.write(out)
-                await self.flush()
-        self.finish(reshaper.end())
+                await self._pass(b"%x\r\n%b\r\n" % (len(out), out))
+        out = reshaper.end()
+        self._send((b"%x\r\n%b\r\n" % (len(out), out) if out else b"") + b"0\r\n\r\n")
+
+    def _start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Status')}"]
+        lines.extend(f"{k}: {v}" for k, v in headers)
+        self._send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def _pass(self, data: bytes) -> None:
+        if self.closed:
+            raise asyncio.CancelledError
+        self._send(data)
+        if self._writable is not None:
+            await self._writable
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
-def _reason(answer: Answer) -> str | None:
-    if answer.upstream is not None:
-        return answer.upstream.reason_phrase or None
-    return None
+_CHUNKED = ("transfer-encoding", "chunked")
+_MAX_HEAD = 64 * 1024
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 def _describe(exc: Exception, job: Job) -> str:
     """A failure to reach the provider, without anything secret (no URL query, no headers)."""
     if isinstance(exc, KeyswapError):
         return str(exc)
-    host = job.provider.name
-    if isinstance(exc, httpx.TimeoutException):
-        return f"{host}: the provider did not answer in time"
-    return f"{host}: cannot reach the provider ({type(exc).__name__})"
+    if isinstance(exc, UpstreamTimeout):
+        return f"{job.provider.name}: the provider did not answer in time"
+    return f"{job.provider.name}: {exc}"

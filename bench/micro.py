@@ -2,14 +2,15 @@
 
     python -m bench.micro
 
-Relay -> upstream, by HTTP client: keyswap's own outbound client (`login.net.make_client`,
-httpx, used as the relay uses it: a bare Request with stream=True, aiter_raw, aclose), the same
-through httpcore's pool without httpx's client layers, and a raw asyncio HTTP/1.1 exchange
-(the floor); `N` requests over 8 kept-alive TLS connections to the lean upstream.
+Relay -> upstream, by HTTP client: keyswap's relay client (`addon.outbound`), httpx as
+keyswap's logins use it (`login.net.make_client`; the relay used it until 2026-11), and a raw
+asyncio HTTP/1.1 exchange (the floor); `N` requests over 8 kept-alive TLS connections to the
+lean upstream.
 
-mitmproxy -> relay, by server: a tornado RequestHandler answering as the relay does (headers,
-write, flush, finish) against a bare asyncio.Protocol, both on plain loopback HTTP and driven
-by the raw client in the same process (so the number includes the client's small share).
+mitmproxy -> relay, by server: keyswap's relay server (`addon.relay`, its retry loop replaced
+by a fixed answer), a tornado RequestHandler answering the same way (the relay's server until
+2026-11), and a bare asyncio.Protocol (the floor), all on plain loopback HTTP and driven by
+the raw client in the same process (so each number includes the client's small share).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-import httpcore
 import httpx
 import trustme
 
@@ -95,23 +96,23 @@ async def httpx_client(port: int, ctx: ssl.SSLContext) -> float:
         await client.aclose()
 
 
-async def httpcore_pool(port: int, ctx: ssl.SSLContext) -> float:
-    pool = httpcore.AsyncConnectionPool(ssl_context=ctx, max_connections=100)
-    url = httpcore.URL(scheme=b"https", host=b"127.0.0.1", port=port, target=b"/v1/messages")
-    headers = [(b"host", HOST.encode()), *((k.encode(), v.encode()) for k, v in HEADERS)]
-    extensions = {"sni_hostname": HOST}
+async def keyswap_outbound(port: int, ctx: ssl.SSLContext) -> float:
+    from addon.outbound import Outbound
+    from addon.outbound import Target as To
+
+    out = Outbound(ctx, resolve=lambda host, p: ("127.0.0.1", port))
+    to = To.of(f"https://{HOST}", "/v1/messages")
 
     async def one() -> None:
-        async with pool.stream(
-            "POST", url, headers=headers, content=BODY, extensions=extensions
-        ) as resp:
-            async for _ in resp.aiter_stream():
-                pass
+        resp = await out.send("POST", to, HEADERS, BODY)
+        async for _ in resp.aiter_raw():
+            pass
+        resp.aclose()
 
     try:
         return await _drive(one)
     finally:
-        await pool.aclose()
+        out.close()
 
 
 async def raw_asyncio(port: int, ctx: ssl.SSLContext) -> float:
@@ -164,6 +165,26 @@ class _Plain(asyncio.Protocol):
             self.transport.write(head + b"\r\n\r\n" + _REPLY)
 
 
+async def keyswap_relay_server() -> float:
+    """addon/relay.py's server with the retry loop replaced by a fixed answer."""
+    from addon.relay import Answer, Relay
+
+    class Fixed(Relay):
+        def take(self, ticket: str) -> Any:
+            return ticket
+
+        async def run(self, job: Any) -> Answer:
+            headers = [("content-type", "application/json")]
+            return Answer(200, headers, body=_REPLY)
+
+    relay = Fixed(None, None, None)  # type: ignore[arg-type]
+    relay.start()
+    try:
+        return await _plain_client(relay.port)
+    finally:
+        relay.stop()
+
+
 async def protocol_server() -> float:
     server = await asyncio.get_running_loop().create_server(_Plain, "127.0.0.1", 0)
     try:
@@ -192,8 +213,8 @@ def main() -> None:
         try:
             print(f"relay -> upstream client CPU per request ({N} requests, c={CONCURRENCY}):")
             for name, fn in (
-                ("httpx (keyswap's make_client)", httpx_client),
-                ("httpcore pool, no httpx client", httpcore_pool),
+                ("httpx (login.net.make_client)", httpx_client),
+                ("keyswap's relay client", keyswap_outbound),
                 ("raw asyncio streams (floor)", raw_asyncio),
             ):
                 print(f"  {name:32s} {asyncio.run(fn(upstream.port, ctx)):.3f} ms", flush=True)
@@ -201,7 +222,8 @@ def main() -> None:
             upstream.stop()
     print(f"mitmproxy -> relay server CPU per request, client included ({N} requests):")
     for name, server in (
-        ("tornado (as addon/relay.py)", tornado_server),
+        ("tornado RequestHandler", tornado_server),
+        ("keyswap's relay server", keyswap_relay_server),
         ("asyncio.Protocol (floor)", protocol_server),
     ):
         print(f"  {name:32s} {asyncio.run(server()):.3f} ms", flush=True)

@@ -19,11 +19,8 @@ from .procs import Proxy
 
 # First match wins, tested against the whole stack (root to leaf).
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "keyswap relay: httpx/httpcore/anyio client (relay -> upstream)",
-        ("httpx/", "httpcore/", "anyio/", "h11/"),
-    ),
-    ("keyswap relay: tornado server (mitmproxy -> relay)", ("tornado/",)),
+    ("keyswap relay: client to the provider (addon/outbound.py)", ("addon/outbound.py",)),
+    ("keyswap relay: retry loop and server for mitmproxy (addon/relay.py)", ("addon/relay.py",)),
     ("keyswap addon code (addon/, login/)", ("addon/", "login/")),
     ("mitmproxy: flow printing and logging", ("addons/dumper.py", "addons/termlog.py", "logging/")),
     ("mitmproxy: TLS (pyOpenSSL)", ("OpenSSL/",)),

@@ -69,7 +69,7 @@ def machine() -> str:
                 model = line.partition(":")[2].strip()
                 break
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = ", ".join(f"{p} {version(p)}" for p in ("mitmproxy", "httpx", "tornado"))
+    versions = ", ".join(f"{p} {version(p)}" for p in ("mitmproxy", "cryptography", "pyOpenSSL"))
     return (
         f"nproc {cores}, {model}, {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}; {versions}"

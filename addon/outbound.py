@@ -1,0 +1,436 @@
+"""The relay's HTTP/1.1 client: keep-alive connections to the providers' API hosts.
+
+Every injected request goes through here, so it is kept lean: asyncio streams with
+asyncio's own TLS, one pool of idle connections per destination, the response body handed
+on as it arrives. httpx stays in use for logins and refreshes, which are rare; through it
+this hop cost about as much CPU as all of mitmproxy (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlsplit
+
+_IDLE_SECONDS = 50.0  # below the usual server keep-alive timeouts (60 s and up)
+_MAX_IDLE = 32
+_MAX_HEAD = 256 * 1024
+_READ_SIZE = 64 * 1024
+_NO_BODY = {204, 304}
+_BROKEN = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
+
+Resolver = Callable[[str, int], "tuple[str, int] | None"]
+
+
+class UpstreamError(Exception):
+    """The provider could not be reached, or broke off an answer."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The provider did not answer (or connect) in time."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: origin and request target (path and query)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def of(cls, base_url: str, path: str, query: Iterable[tuple[str, str]] = ()) -> Target:
+        parts = urlsplit(base_url + path)
+        if not parts.hostname:
+            raise UpstreamError(f"no host in {base_url!r}")
+        scheme = parts.scheme.lower()
+        port = parts.port or (443 if scheme == "https" else 80)
+        target = quote(parts.path or "/", safe="/:@!$&'()*+,;=-._~%")
+        pairs = [*_split_query(parts.query), *query]
+        if pairs:
+            target += "?" + "&".join(f"{_q(k)}={_q(v)}" for k, v in pairs)
+        return cls(scheme, parts.hostname.lower(), port, target)
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _q(text: str) -> str:
+    return quote(text, safe="-._~:/@!$'()*,;")
+
+
+def _split_query(query: str) -> list[tuple[str, str]]:
+    return parse_qsl(query, keep_blank_values=True) if query else []
+
+
+class _Connection:
+    __slots__ = ("idle_since", "reader", "reused", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.idle_since = 0.0
+        self.reused = False
+
+    def usable(self, now: float) -> bool:
+        if self.reader.at_eof() or self.writer.is_closing():
+            return False
+        return now - self.idle_since < _IDLE_SECONDS
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Response:
+    """An upstream answer whose body is read on demand. Close it (or read it to the end)."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        body: AsyncIterator[bytes],
+        close: Callable[[], None],
+    ) -> None:
+        self.status, self.reason, self.headers = status, reason, headers
+        # Lower-cased names; for a repeated header the last value.
+        self.lookup = {k.lower(): v for k, v in headers}
+        self._body, self._close = body, close
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body as sent (framing removed, content encoding kept), chunk by chunk."""
+        return self._body
+
+    async def aiter_decoded(self) -> AsyncIterator[bytes]:
+        """The body with gzip or deflate undone; the relay asks for no other encoding
+        where it reads bodies."""
+        encoding = self.lookup.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            async for chunk in self._body:
+                yield chunk
+            return
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise UpstreamError(f"the provider answered in an unexpected encoding ({encoding})")
+        wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+        decoder = zlib.decompressobj(wbits)
+        try:
+            async for chunk in self._body:
+                if out := decoder.decompress(chunk):
+                    yield out
+            if out := decoder.flush():
+                yield out
+        except zlib.error:
+            raise UpstreamError("the provider sent a corrupt compressed body") from None
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes of the body, then closed; b"" on a broken stream."""
+        data = bytearray()
+        try:
+            async for chunk in self._body:
+                data += chunk
+                if len(data) >= limit:
+                    break
+        except UpstreamError:
+            pass
+        finally:
+            self.aclose()
+        return bytes(data)
+
+    def aclose(self) -> None:
+        self._close()
+
+
+class Outbound:
+    """Sends requests upstream over pooled keep-alive HTTP/1.1 connections.
+
+    `resolve` maps (host, port) to the address to dial (SNI and Host keep the name);
+    `proxy` is an http:// or https:// proxy to tunnel through (mitmproxy's `upstream:`).
+    """
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        *,
+        resolve: Resolver | None = None,
+        proxy: str | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+    ) -> None:
+        ssl_context.set_alpn_protocols(["http/1.1"])
+        self._ssl = ssl_context
+        self._resolve = resolve
+        self._proxy = urlsplit(proxy) if proxy else None
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._closed = False
+
+    async def send(
+        self, method: str, target: Target, headers: list[tuple[str, str]], body: bytes
+    ) -> Response:
+        head = self._head(method, target, headers, body)
+        for _ in range(2):
+            conn = await self._take(target)
+            try:
+                conn.writer.write(head + body if len(body) < 65536 else head)
+                if len(body) >= 65536:
+                    conn.writer.write(body)
+                return await self._response(conn, target, method)
+            except _Stale:
+                conn.close()  # the server had closed this kept-alive connection: redial once
+            except BaseException:
+                conn.close()
+                raise
+        raise UpstreamError(f"{target.host} closed the connection without an answer")
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when their answer is done."""
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _take(self, target: Target) -> _Connection:
+        key = (target.scheme, target.host, target.port)
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.usable(now):
+                conn.reused = True
+                return conn
+            conn.close()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await self._dial(target)
+        except TimeoutError:
+            raise UpstreamTimeout(f"connecting to {target.host} timed out") from None
+        except ssl.SSLError as exc:
+            raise UpstreamError(f"TLS with {target.host} failed ({exc.reason})") from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {target.host} ({_why(exc)})") from None
+
+    async def _dial(self, target: Target) -> _Connection:
+        tls = self._ssl if target.scheme == "https" else None
+        sni = target.host if tls else None
+        if self._proxy is not None:
+            return await self._tunnel(target, tls)
+        host, port = target.host, target.port
+        if self._resolve is not None and (to := self._resolve(host, port)) is not None:
+            host, port = to
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, server_hostname=sni, limit=_MAX_HEAD
+        )
+        return _Connection(reader, writer)
+
+    async def _tunnel(self, target: Target, tls: ssl.SSLContext | None) -> _Connection:
+        proxy = self._proxy
+        assert proxy is not None and proxy.hostname
+        secure = proxy.scheme == "https"
+        port = proxy.port or (443 if secure else 80)
+        reader, writer = await asyncio.open_connection(
+            proxy.hostname, port, ssl=self._ssl if secure else None, limit=_MAX_HEAD
+        )
+        conn = _Connection(reader, writer)
+        if tls is None:
+            return conn  # plain http goes to the proxy in absolute form (see _head)
+        try:
+            authority = f"{target.host}:{target.port}"
+            lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+            if auth := self._proxy_auth():
+                lines.append(f"Proxy-Authorization: {auth}")
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            status, _, _ = _parse_head(await _read_head(reader))
+            if not 200 <= status < 300:
+                raise UpstreamError(f"the upstream proxy refused {target.host} ({status})")
+            await writer.start_tls(tls, server_hostname=target.host)
+        except BaseException:
+            writer.close()
+            raise
+        return conn
+
+    def _proxy_auth(self) -> str | None:
+        proxy = self._proxy
+        if proxy is None or proxy.username is None:
+            return None
+        raw = f"{proxy.username}:{proxy.password or ''}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+    def _put(self, target: Target, conn: _Connection) -> None:
+        if self._closed:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle = self._idle.setdefault((target.scheme, target.host, target.port), [])
+        if len(idle) >= _MAX_IDLE:
+            idle.pop(0).close()
+        idle.append(conn)
+
+    # -- one exchange --------------------------------------------------------------------
+
+    def _head(
+        self, method: str, target: Target, headers: list[tuple[str, str]], body: bytes
+    ) -> bytes:
+        path = target.path
+        if self._proxy is not None and target.scheme == "http":
+            path = f"http://{target.authority}{path}"
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {target.authority}"]
+        for key, value in headers:
+            if "\r" in value or "\n" in value or "\r" in key or "\n" in key or ":" in key:
+                raise UpstreamError(f"refusing a header with a line break or colon: {key!r}")
+            lines.append(f"{key}: {value}")
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body)}")
+        if self._proxy is not None and target.scheme == "http" and (auth := self._proxy_auth()):
+            lines.append(f"Proxy-Authorization: {auth}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def _response(self, conn: _Connection, target: Target, method: str) -> Response:
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while True:
+                    raw = await _read_head(conn.reader, stale=conn.reused)
+                    status, reason, headers = _parse_head(raw)
+                    if not 100 <= status < 200 or status == 101:
+                        break
+        except TimeoutError:
+            raise UpstreamTimeout(f"{target.host} did not answer in time") from None
+        lookup = {k.lower(): v for k, v in headers}
+        framing = lookup.get("transfer-encoding", "").lower()
+        closes = "close" in lookup.get("connection", "").lower()
+        if method == "HEAD" or status in _NO_BODY:
+            body: AsyncIterator[bytes] = _nothing()
+            length: int | None = 0
+        elif "chunked" in framing:
+            body, length = self._chunked(conn), None
+        elif (declared := lookup.get("content-length")) is not None:
+            length = _length(declared)
+            body = self._sized(conn, length)
+        else:
+            body, length, closes = self._until_close(conn), None, True
+
+        finished = False
+
+        def done() -> None:
+            nonlocal finished
+            finished = True
+
+        def close() -> None:
+            if not finished:
+                conn.close()
+
+        async def tracked() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in body:
+                    yield chunk
+            except TimeoutError:
+                raise UpstreamTimeout(f"{target.host} stopped sending") from None
+            except _BROKEN as exc:
+                raise UpstreamError(f"{target.host} broke off the answer ({_why(exc)})") from None
+            done()
+            if closes:
+                conn.close()
+            else:
+                self._put(target, conn)
+
+        if length == 0:
+            done()
+            if closes:
+                conn.close()
+            else:
+                self._put(target, conn)
+            return Response(status, reason, headers, _nothing(), close)
+        return Response(status, reason, headers, tracked(), close)
+
+    async def _sized(self, conn: _Connection, length: int) -> AsyncIterator[bytes]:
+        left = length
+        while left > 0:
+            async with asyncio.timeout(self.read_timeout):
+                chunk = await conn.reader.read(min(left, _READ_SIZE))
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(chunk)
+            yield chunk
+
+    async def _chunked(self, conn: _Connection) -> AsyncIterator[bytes]:
+        reader = conn.reader
+        while True:
+            async with asyncio.timeout(self.read_timeout):
+                line = await reader.readuntil(b"\r\n")
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":
+                        pass  # trailers
+                    return
+                data = await reader.readexactly(size + 2)
+            if data[-2:] != b"\r\n":
+                raise ValueError("bad chunk")
+            yield data[:-2]
+
+    async def _until_close(self, conn: _Connection) -> AsyncIterator[bytes]:
+        while True:
+            async with asyncio.timeout(self.read_timeout):
+                chunk = await conn.reader.read(_READ_SIZE)
+            if not chunk:
+                return
+            yield chunk
+
+
+class _Stale(Exception):
+    """A reused connection closed before any byte of the answer: safe to send again."""
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _read_head(reader: asyncio.StreamReader, stale: bool = False) -> bytes:
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if stale and not exc.partial:
+            raise _Stale from None
+        raise UpstreamError("the connection closed before a complete answer") from None
+    except asyncio.LimitOverrunError:
+        raise UpstreamError("the answer's headers are too large") from None
+    except OSError as exc:
+        if stale and isinstance(exc, ConnectionError):
+            raise _Stale from None
+        raise UpstreamError(f"the connection broke ({_why(exc)})") from None
+
+
+def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise UpstreamError("the provider did not answer in HTTP/1.1")
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key or key != key.strip():
+            raise UpstreamError("the provider sent a malformed header")
+        headers.append((key, value.strip()))
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+
+
+def _length(value: str) -> int:
+    if not value.strip().isdigit():
+        raise UpstreamError(f"the provider sent a bad Content-Length ({value!r})")
+    return int(value)
+
+
+def _why(exc: BaseException) -> str:
+    return type(exc).__name__
