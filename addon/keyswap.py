@@ -325,9 +325,10 @@ class Injector:
         req.data.headers = http.Headers([(TICKET_HEADER.encode(), ticket.encode())])
         req.data.content = b""
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
-        # A connection of its own, never via an upstream proxy (mitmproxy's `upstream:`
-        # mode would otherwise send the relay's address to that proxy).
-        flow.server_conn = connection.Server(address=("127.0.0.1", self.relay.port))
+        if flow.server_conn.via is not None:
+            # Never via an upstream proxy (mitmproxy's `upstream:` mode would otherwise send
+            # the relay's address to that proxy).
+            flow.server_conn = connection.Server(address=("127.0.0.1", self.relay.port))
 
     async def _inject_websocket(self, flow: http.HTTPFlow, job: Job) -> None:
         """A WebSocket upgrade cannot go through the relay: mitmproxy carries it upstream

@@ -408,7 +408,7 @@ class _RelayConnection(asyncio.Protocol):
         try:
             job = self.relay.take(ticket)
             if job is None:
-                self._start(403, "Forbidden", [("content-length", "0")])
+                self._send(_head(403, "Forbidden", [("content-length", "0")]))
                 return
             await self._relay(job, method == "HEAD")
         finally:
@@ -450,18 +450,22 @@ class _RelayConnection(asyncio.Protocol):
         upstream = answer.upstream
         if upstream is None:
             headers = [*answer.headers, ("content-length", str(len(answer.body)))]
-            self._start(answer.status, "", headers)
-            self._send(b"" if head_only else answer.body)
+            self._send(_head(answer.status, "", headers) + (b"" if head_only else answer.body))
             return
         reshaper = answer.reshaper
         sized = reshaper is None and any(k.lower() == "content-length" for k, _ in answer.headers)
         if head_only or answer.status in (204, 304) or sized:
-            self._start(answer.status, upstream.reason, answer.headers)
+            # Nothing to wait for: the head leaves with the first part of the body.
+            head: bytes | None = _head(answer.status, upstream.reason, answer.headers)
             if not head_only:
                 async for chunk in upstream.aiter_raw():
-                    await self._pass(chunk)
+                    await self._pass(head + chunk if head is not None else chunk)
+                    head = None
+            if head is not None:
+                self._send(head)
             return
-        self._start(answer.status, upstream.reason, [*answer.headers, _CHUNKED])
+        # A stream: its head goes at once, whenever the first event comes.
+        self._send(_head(answer.status, upstream.reason, [*answer.headers, _CHUNKED]))
         if reshaper is None:
             async for chunk in upstream.aiter_raw():
                 await self._pass(b"%x\r\n%b\r\n" % (len(chunk), chunk))
@@ -472,11 +476,6 @@ class _RelayConnection(asyncio.Protocol):
                 await self._pass(b"%x\r\n%b\r\n" % (len(out), out))
         out = reshaper.end()
         self._send((b"%x\r\n%b\r\n" % (len(out), out) if out else b"") + b"0\r\n\r\n")
-
-    def _start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
-        lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Status')}"]
-        lines.extend(f"{k}: {v}" for k, v in headers)
-        self._send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -492,6 +491,12 @@ class _RelayConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Status')}"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 _CHUNKED = ("transfer-encoding", "chunked")

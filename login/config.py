@@ -7,6 +7,7 @@ without reading code.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import os
 import tomllib
@@ -24,6 +25,7 @@ BUCKET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9@._+-]{0,127}$"
 Bucket = Annotated[str, Field(pattern=BUCKET_PATTERN)]
 
 
+@functools.lru_cache(maxsize=256)  # asked on every injected request
 def is_loopback_host(host: str) -> bool:
     """localhost, 127/8, ::1, and IPv4-mapped loopback (::ffff:127.0.0.1)."""
     host = host.strip("[]").lower().split("%")[0]

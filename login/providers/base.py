@@ -6,6 +6,7 @@ data and overrides a hook only where the provider really differs.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -280,7 +281,7 @@ class Provider(BaseModel):
 
     def may_deliver_to(self, host: str, endpoints: Mapping[str, str]) -> bool:
         """Whether a token of this provider may be sent to `host`."""
-        if host == httpx.URL(endpoints.get("api", "")).host:
+        if host == _host_of(endpoints.get("api", "")):
             return True
         return any(
             host == allowed or (allowed.startswith(".") and host.endswith(allowed))
@@ -310,6 +311,11 @@ class Provider(BaseModel):
     def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
         """How to rewrite the response body for the client, if at all."""
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _host_of(url: str) -> str:
+    return httpx.URL(url).host
 
 
 class _Rejected(LoginError):
