@@ -18,6 +18,7 @@ _PLACEHOLDER = re.compile(
     r"(?:#(?P<secret>[A-Za-z0-9._~+/=-]{1,256}))?"
 )
 REDACTED = "<redacted>"
+_KEY_NAMES = {name.encode(): name for name in KEY_HEADERS}
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,25 @@ def parse(value: str, where: str = "") -> Placeholder | None:
 
 
 def find(request: http.Request) -> Placeholder | None:
+    # One pass over the raw headers: this runs for every request through the proxy.
+    first: dict[str, bytes] = {}
+    for raw_key, raw_value in request.headers.fields:
+        name = _KEY_NAMES.get(raw_key.lower())
+        if name is not None and name not in first:
+            first[name] = raw_value
     for name in KEY_HEADERS:
-        value = request.headers.get(name)
-        if value is None:
+        raw = first.get(name)
+        if raw is None:
             continue
+        value = raw.decode("latin-1")
         if name == "authorization":
             scheme, _, value = value.partition(" ")
             if scheme.lower() != "bearer":
                 continue
         if found := parse(value, name):
             return found
+    if b"key=" not in request.data.path:
+        return None
     key = request.query.get("key")
     if key is not None and (found := parse(key, "key")):
         return found

@@ -145,7 +145,7 @@ class Config(_Strict):
         return value
 
     def provider(self, name: str) -> ProviderSettings:
-        return self.providers.get(name) or ProviderSettings()
+        return self.providers.get(name) or _UNCONFIGURED
 
     def resolve_target(self, host: str, port: int) -> tuple[str, int] | None:
         """Where `[resolve]` says to dial host:port instead of DNS, if anywhere."""
@@ -154,6 +154,10 @@ class Config(_Strict):
             return None
         addr, _, p = target.rpartition(":")
         return addr.strip("[]"), int(p)
+
+
+# What `provider()` answers for a provider the file does not mention (read-only).
+_UNCONFIGURED = ProviderSettings()
 
 
 def default_config_path() -> Path:
