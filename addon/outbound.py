@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
 
 _IDLE_SECONDS = 50.0  # below the usual server keep-alive timeouts (60 s and up)
-_MAX_IDLE = 32
+_MAX_IDLE = 256  # per destination; a busy proxy keeps one per request in flight
 _MAX_HEAD = 256 * 1024
 _READ_SIZE = 64 * 1024
 _NO_BODY = {204, 304}
@@ -270,9 +270,10 @@ class Outbound:
         if self._closed:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        now = conn.idle_since = time.monotonic()
         idle = self._idle.setdefault((target.scheme, target.host, target.port), [])
-        if len(idle) >= _MAX_IDLE:
+        # The least recently used come first: drop those gone stale, or one over the cap.
+        while idle and (len(idle) >= _MAX_IDLE or not idle[0].usable(now)):
             idle.pop(0).close()
         idle.append(conn)
 

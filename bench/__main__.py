@@ -40,6 +40,8 @@ class Settings:
     warmup: float = 0.5
     streams: int = 8  # SSE responses per path
     events: int = 6  # per SSE response, 50 ms apart
+    ttfb_rounds: int = 4  # then this many rounds of ...
+    ttfb_streams: int = 10  # ... one-event SSE responses per path, for time to first event
     requests: int = 10_000  # for the memory measurement ...
     requests_limit: float = 140.0  # ... or as many as this many seconds allow
     stampede: int = 100  # concurrent requests per proxy on an expired token
@@ -47,7 +49,15 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(rounds=1, seconds=1.5, warmup=0.5, streams=4, requests=1000, fresh_seconds=1.0)
+        return cls(
+            rounds=1,
+            seconds=1.5,
+            warmup=0.5,
+            streams=4,
+            ttfb_rounds=1,
+            requests=1000,
+            fresh_seconds=1.0,
+        )
 
 
 def _log(msg: str) -> None:
@@ -119,12 +129,13 @@ def run(s: Settings, workdir: Path) -> str:
         _log("keep-alive JSON")
         cells = keepalive_json(lab, s.concurrency, s.rounds, s.seconds, s.warmup)
         _log("SSE")
-        streams = {
-            name: sse(lab, name, s.streams, s.events)
-            for name in ("direct", "bare-stream", "keyswap", "retry-pinned")
-        }
+        names = ["direct", "bare-stream", "keyswap", "retry-pinned", "retry"]
         before = lab.upstream.stats(lab.cafile).get("429", 0)
-        streams["retry"] = sse(lab, "retry", s.streams, s.events)
+        streams = {name: sse(lab, name, s.streams, s.events) for name in names}
+        # More first-event samples, from one-event streams, the paths taking turns.
+        for r in range(s.ttfb_rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                streams[name].ttfb.extend(sse(lab, name, s.ttfb_streams, 1).ttfb)
         limited = lab.upstream.stats(lab.cafile).get("429", 0) - before
         rtt_429 = round_trip_429(lab, 200)
         _log("new connections")
