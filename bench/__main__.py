@@ -35,8 +35,8 @@ from .scenarios import (
 @dataclass(frozen=True)
 class Settings:
     concurrency: tuple[int, ...] = (1, 8, 64)
-    rounds: int = 2  # of every JSON cell, paths interleaved
-    seconds: float = 2.0  # per JSON cell and round, after `warmup`
+    rounds: int = 4  # of every JSON cell, paths interleaved
+    seconds: float = 1.5  # per JSON cell and round, after `warmup`
     warmup: float = 0.5
     streams: int = 8  # SSE responses per path
     events: int = 6  # per SSE response, 50 ms apart
@@ -45,7 +45,7 @@ class Settings:
     requests: int = 10_000  # for the memory measurement ...
     requests_limit: float = 140.0  # ... or as many as this many seconds allow
     stampede: int = 100  # concurrent requests per proxy on an expired token
-    fresh_seconds: float = 1.5
+    fresh_seconds: float = 3.0
 
     @classmethod
     def quick(cls) -> Settings:
