@@ -299,9 +299,9 @@ class Injector:
             pinned=pinned,
             method=req.method,
             path=path,
-            query=[
-                (k, v) for k, v in req.query.fields if not (k == "key" and placeholder.parse(v))
-            ],
+            query=[(k, v) for k, v in req.query.fields if not (k == "key" and placeholder.parse(v))]
+            if b"?" in req.data.path
+            else [],
             headers=forwardable(req.headers.fields),
             body=req.raw_content or b"",
         )
@@ -328,7 +328,9 @@ class Injector:
         req.data = copy.copy(req.data)
         req.data.headers = http.Headers([(TICKET_HEADER.encode(), ticket.encode())])
         req.data.content = b""
-        req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
+        # Straight into the data: the setters would also rewrite Host and authority, which
+        # the relay does not read.
+        req.data.scheme, req.data.host, req.data.port = b"http", "127.0.0.1", self.relay.port
         if flow.server_conn.via is not None:
             # Never via an upstream proxy (mitmproxy's `upstream:` mode would otherwise send
             # the relay's address to that proxy).

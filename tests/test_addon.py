@@ -237,6 +237,35 @@ def test_token_never_in_dumps_or_flow_output(s: Stack, tmp_path: Path) -> None:
     assert b"oauth:anthropic" in dump.read_bytes(), "the flow shows the placeholder"
 
 
+def test_http2_client_streams_through_the_relay(s: Stack) -> None:
+    token = s.login_anthropic()
+    body = json.dumps({**_BODY, "stream": True})
+    # Without upstream_cert mitmproxy does not ask the (HTTP/1.1) fake first and offers the
+    # client h2, as it would for the real API hosts, which speak h2.
+    with s.proxy("--set", "upstream_cert=false", "--set", "flow_detail=3") as proxy:
+        argv = ["curl", "-sS", "-N", "--http2", "--proxy", proxy.url, "--cacert", proxy.ca]
+        argv += ["-H", "x-api-key: oauth:anthropic", "-H", "content-type: application/json"]
+        argv += ["-w", "\nversion %{http_version}\n", "-d", body, MESSAGES]
+        curl = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, text=True, env={"PATH": os.environ["PATH"]}
+        )
+        assert curl.stdout is not None
+        arrivals, lines = [], []
+        for line in curl.stdout:
+            lines.append(line.strip())
+            if line.startswith("event: content_block_delta"):
+                arrivals.append(time.monotonic())
+        assert curl.wait(30) == 0
+        proxy.wait_for("oauth:anthropic")
+    assert lines[-1] == "version 2"
+    assert "event: message_stop" in lines
+    assert len(arrivals) == s.api.stream_events
+    assert min(gaps(arrivals)) >= 0.6 * s.api.event_gap, "events arrived bunched"
+    assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"
+    assert token not in proxy.output
+    assert "POST https://api.anthropic.com/v1/messages HTTP/2.0" in proxy.output  # not the relay
+
+
 # -- buckets ---------------------------------------------------------------------------------
 
 
