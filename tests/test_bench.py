@@ -1,0 +1,61 @@
+"""The benchmark's harness (bench/), reused at a small scale for what it measures that must
+hold whatever the timings: one refresh per stampede, streams that are not bunched, a 429
+retried on the next bucket, every answer a 200. It also keeps the harness from rotting,
+since CI does not run the benchmark itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bench.load import Job
+from bench.procs import Proxy
+from bench.scenarios import Lab, stampede
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with Lab.open(tmp_path_factory.mktemp("bench"), workers=2) as lab:
+        yield lab
+
+
+def _keyswap(lab: Lab, name: str, buckets: dict[str, str], extra: str = "") -> Proxy:
+    user = lab.user(name, extra)
+    for bucket, access in buckets.items():
+        user.save(bucket, f"{access}-{time.time_ns()}", "unused", time.time() + 36_000)
+    proxy = lab.start_proxy(name, user)
+    proxy.wait()
+    return proxy
+
+
+def test_a_refresh_stampede_refreshes_exactly_once(lab: Lab) -> None:
+    one, two = stampede(lab, per_proxy=40)
+    assert (one.proxies, two.proxies) == (1, 2)
+    for run in (one, two):
+        assert run.refreshes == 1, run
+        assert run.statuses == {200: run.requests} and run.errors == 0, run
+
+
+def test_keep_alive_json_and_streams_through_keyswap(lab: Lab) -> None:
+    proxy = _keyswap(lab, "keyswap", {"default": "ok"})
+    target = lab.target("keyswap", proxy, "oauth:anthropic")
+    r, cpu = lab.run([Job("json", target, connections=8, count=200)], proxy)
+    assert r.statuses == {200: 200} and not r.errors
+    assert cpu > 0  # the proxy did the work, measured from /proc
+    r, _ = lab.run([Job("sse", target, count=3, events=5)])
+    assert r.statuses == {200: 3} and not r.errors
+    assert len(r.ttfb) == 3 and len(r.gaps) == 3 * 4
+    assert min(r.gaps) >= 0.03, f"events arrived bunched: {r.gaps}"
+
+
+def test_a_429_is_retried_on_the_next_bucket_and_still_streams(lab: Lab) -> None:
+    extra = '[proxy]\nstrategy = "failover"\n\n[providers.anthropic]\nbuckets = ["a", "b"]\n'
+    proxy = _keyswap(lab, "retry", {"a": "rl", "b": "ok"}, extra)  # "rl-" tokens get 429s
+    target = lab.target("retry", proxy, "oauth:anthropic")
+    before = lab.upstream.stats(lab.cafile).get("429", 0)
+    r, _ = lab.run([Job("sse", target, count=3, events=4)])
+    assert lab.upstream.stats(lab.cafile).get("429", 0) - before == 3
+    assert r.statuses == {200: 3} and not r.errors
+    assert min(r.gaps) >= 0.03, f"the retried stream was bunched: {r.gaps}"
