@@ -176,8 +176,8 @@ class Outbound:
         self, method: str, target: Target, headers: list[tuple[str, str]], body: bytes
     ) -> Response:
         head = self._head(method, target, headers, body)
-        for _ in range(2):
-            conn = await self._take(target)
+        for attempt in range(2):
+            conn = await self._take(target, fresh=attempt > 0)
             try:
                 conn.writer.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
@@ -200,11 +200,11 @@ class Outbound:
 
     # -- connections ---------------------------------------------------------------------
 
-    async def _take(self, target: Target) -> _Connection:
+    async def _take(self, target: Target, fresh: bool = False) -> _Connection:
         key = (target.scheme, target.host, target.port)
         idle = self._idle.get(key)
         now = time.monotonic()
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
             if conn.usable(now):
                 conn.reused = True
@@ -216,7 +216,8 @@ class Outbound:
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to {target.host} timed out") from None
         except ssl.SSLError as exc:
-            raise UpstreamError(f"TLS with {target.host} failed ({exc.reason})") from None
+            why = exc.reason or type(exc).__name__
+            raise UpstreamError(f"TLS with {target.host} failed ({why})") from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {target.host} ({_why(exc)})") from None
 

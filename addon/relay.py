@@ -395,7 +395,11 @@ class _RelayConnection(asyncio.Protocol):
             elif key == "content-length" and value.strip().isdigit():
                 length = int(value)
             elif key == "transfer-encoding":
-                ticket = ""  # never sent by keyswap's addon: refuse rather than misparse
+                length = _MAX_HEAD + 1
+        if length > _MAX_HEAD:
+            # The addon sends nothing but the ticket: this is not keyswap's own request.
+            self._close()
+            return
         if len(self.buffer) < end + 4 + length:
             return
         del self.buffer[: end + 4 + length]
