@@ -309,7 +309,10 @@ class Outbound:
             raise UpstreamTimeout(f"{target.host} did not answer in time") from None
         lookup = {k.lower(): v for k, v in headers}
         framing = lookup.get("transfer-encoding", "").lower()
-        closes = "close" in lookup.get("connection", "").lower()
+        connection = lookup.get("connection", "").lower()
+        # HTTP/1.0 closes unless it says keep-alive; HTTP/1.1 keeps alive unless it says close.
+        old = raw.startswith(b"HTTP/1.0")
+        closes = "close" in connection or (old and "keep-alive" not in connection)
         if method == "HEAD" or status in _NO_BODY:
             body: AsyncIterator[bytes] = _nothing()
             length: int | None = 0

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 TICKET_HEADER = "x-keyswap-ticket"
 _HOP_BY_HOP = {
     "connection",
+    "expect",  # the relay sends the body at once
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",

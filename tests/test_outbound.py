@@ -222,6 +222,25 @@ def test_a_body_without_length_ends_at_close_and_is_not_pooled() -> None:
     run(main())
 
 
+def test_an_http10_answer_without_keep_alive_is_not_pooled() -> None:
+    async def main() -> None:
+        server: Scripted
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:  # a server that would answer more on the same connection
+                await server.read_request(reader)
+                writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        async with Scripted(handler) as server:
+            out = plain()
+            target = Target.of(f"http://127.0.0.1:{server.port}", "/")
+            assert await body_of(out, target) == (200, b"ok")
+            assert await body_of(out, target) == (200, b"ok")
+            assert server.connections == 2
+
+    run(main())
+
+
 def test_a_header_with_a_line_break_is_refused_before_sending() -> None:
     async def main() -> None:
         out = plain()
