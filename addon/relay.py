@@ -339,6 +339,7 @@ class _RelayConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.busy = False
         self.closed = False
+        self.wrote = False  # anything of the current answer
         self.task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
 
@@ -424,7 +425,7 @@ class _RelayConnection(asyncio.Protocol):
 
     async def _relay(self, job: Job, head_only: bool) -> None:
         answer: Answer | None = None
-        started = False
+        self.wrote = False
         try:
             try:
                 answer = await self.relay.run(job)
@@ -435,7 +436,6 @@ class _RelayConnection(asyncio.Protocol):
             except Exception:
                 log.exception("keyswap: internal error while relaying to %s", job.provider.name)
                 answer = _error(job.route.dialect, 500, "internal error; see the proxy's log")
-            started = True
             await self._write(answer, head_only)
         except asyncio.CancelledError:
             pass
@@ -443,10 +443,17 @@ class _RelayConnection(asyncio.Protocol):
             # The provider broke off mid-body: end the client's stream abruptly too, so the
             # client sees an incomplete answer rather than a clean, truncated one.
             log.warning("keyswap: %s stream broke off (%s)", job.provider.name, type(exc).__name__)
-            if started:
+            if self.wrote:
                 self._close()  # no final chunk: visibly incomplete
             else:
                 await self._write(_error(job.route.dialect, 502, _describe(exc, job)), head_only)
+        except Exception:
+            log.exception("keyswap: internal error while answering for %s", job.provider.name)
+            if self.wrote:
+                self._close()
+            else:
+                answer_error = _error(job.route.dialect, 500, "internal error; see the proxy's log")
+                await self._write(answer_error, head_only)
         finally:
             if answer is not None and answer.upstream is not None:
                 answer.upstream.aclose()
@@ -485,6 +492,7 @@ class _RelayConnection(asyncio.Protocol):
     def _send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+            self.wrote = True
 
     async def _pass(self, data: bytes) -> None:
         if self.closed:

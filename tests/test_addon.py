@@ -472,14 +472,12 @@ def test_hosts_keyswap_does_not_serve_are_tunnelled(s: Stack, tmp_path: Path) ->
         server.shutdown()
 
 
-def test_a_stream_the_provider_breaks_off_stays_visibly_broken(s: Stack, tmp_path: Path) -> None:
-    """Upstream dies mid-stream: the client must see an incomplete answer, never a clean end."""
-    import socket
+def _broken_upstream(s: Stack, tmp_path: Path, answer: bytes) -> None:
+    """api.anthropic.com answers one request with `answer`, then drops the connection."""
     import threading
 
     import trustme
 
-    s.login_anthropic()
     ca = trustme.CA()
     ca_pem = tmp_path / "broken-ca.pem"
     ca.cert_pem.write_to_path(str(ca_pem))
@@ -491,13 +489,8 @@ def test_a_stream_the_provider_breaks_off_stays_visibly_broken(s: Stack, tmp_pat
         conn, _ = listener.accept()
         with tls.wrap_socket(conn, server_side=True) as c:
             c.recv(65536)
-            c.sendall(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                b"transfer-encoding: chunked\r\n\r\n"
-            )
-            event = b"event: content_block_delta\ndata: {}\n\n"
-            c.sendall(b"%x\r\n%s\r\n" % (len(event), event))
-        # closed without the final 0-chunk
+            c.sendall(answer)
+        listener.close()
 
     threading.Thread(target=serve_once, daemon=True).start()
     port = listener.getsockname()[1]
@@ -508,6 +501,18 @@ def test_a_stream_the_provider_breaks_off_stays_visibly_broken(s: Stack, tmp_pat
     )
     s.user.write_config(config)
     s.ca_pem = str(ca_pem)
+
+
+def test_a_stream_the_provider_breaks_off_stays_visibly_broken(s: Stack, tmp_path: Path) -> None:
+    """Upstream dies mid-stream: the client must see an incomplete answer, never a clean end."""
+    s.login_anthropic()
+    event = b"event: content_block_delta\ndata: {}\n\n"
+    _broken_upstream(
+        s,
+        tmp_path,
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n" % (len(event), event),  # and no final 0-chunk
+    )
     with s.proxy() as proxy, http_client(proxy) as client:
         # Incomplete chunked body or a reset, depending on timing: either is visibly broken.
         with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
@@ -516,4 +521,18 @@ def test_a_stream_the_provider_breaks_off_stays_visibly_broken(s: Stack, tmp_pat
                 for _ in resp.iter_lines():
                     pass
         proxy.wait_for("stream broke off")
-    listener.close()
+
+
+def test_an_answer_broken_off_before_its_body_is_a_502_the_client_can_read(
+    s: Stack, tmp_path: Path
+) -> None:
+    s.login_anthropic()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
+    _broken_upstream(s, tmp_path, head)
+    with s.proxy() as proxy, http_client(proxy) as client:
+        resp = post_messages(client)
+        proxy.wait_for("stream broke off")
+    assert resp.status_code == 502
+    error = resp.json()
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert "broke off" in error["error"]["message"]
