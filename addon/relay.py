@@ -11,6 +11,7 @@ retry. The token never enters mitmproxy's flow, so no view, dump or log can show
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import socket
@@ -107,6 +108,8 @@ class Relay:
         self.rotation = rotation
         self.logins = logins
         self._jobs: dict[str, Job] = {}
+        self._secret = secrets.token_urlsafe(24)
+        self._serial = itertools.count()
         self._server: asyncio.Task[asyncio.Server] | None = None
         self.port = 0
         self.cooldown = 60.0
@@ -137,7 +140,8 @@ class Relay:
 
     def submit(self, job: Job) -> str:
         self._expire()
-        ticket = secrets.token_urlsafe(24)
+        # Unguessable without the secret prefix, and no system call per request.
+        ticket = f"{self._secret}{next(self._serial)}"
         self._jobs[ticket] = job
         return ticket
 
