@@ -38,9 +38,9 @@ from .outbound import Outbound
 from .relay import TICKET_HEADER, Job, Relay, forwardable
 
 log = logging.getLogger(__name__)
-# httpx logs every request URL at INFO and httpcore ten DEBUG records per request; mitmproxy
-# sets the root logger to DEBUG and hands every record to every addon, which costs more than
-# the relaying itself (bench/RESULTS.md). mitmproxy already shows the flows.
+# httpx (logins, refreshes) logs every request URL at INFO and httpcore ten DEBUG records per
+# request; mitmproxy sets the root logger to DEBUG and hands every record to every addon, which
+# costs more than a request itself. Keep keyswap's own per-request logging out of hot paths.
 for _name in ("httpx", "httpcore", "h11", "hpack"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
