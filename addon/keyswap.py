@@ -133,12 +133,12 @@ class Injector:
     def _reconfigure(self) -> None:
         config = self.settings.config
         self.relay.cooldown = config.proxy.cooldown
-        proxy = _upstream_proxy()
+        verify, proxy = _verify(), _upstream_proxy()
         old = self.relay.outbound
         # Through an upstream proxy, names are the proxy's to resolve.
         resolve = None if proxy else config.resolve_target
-        self.relay.outbound = Outbound(_verify(), resolve=resolve, proxy=proxy)
-        self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=_verify()))
+        self.relay.outbound = Outbound(verify, resolve=resolve, proxy=proxy)
+        self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=verify))
         if old is not None:
             old.close()
 
@@ -367,7 +367,7 @@ class Injector:
             # like any other, which costs mitmproxy less.
             headers = resp.headers
             sse = "event-stream" in headers.get("content-type", "")
-            resp.stream = sse or "content-length" not in headers or resp.status_code == 101
+            resp.stream = sse or "content-length" not in headers
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
