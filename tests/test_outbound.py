@@ -204,32 +204,25 @@ def test_a_body_cut_short_is_an_error_not_a_clean_end(answer: bytes) -> None:
     run(main())
 
 
-def test_a_body_without_length_ends_at_close_and_is_not_pooled() -> None:
+@pytest.mark.parametrize(
+    ("answer", "server_closes"),
+    [
+        (b"HTTP/1.0 200 OK\r\n\r\nok", True),  # the body ends where the connection does
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),  # no keep-alive
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", False),
+    ],
+    ids=["until-close", "http-1.0", "connection-close"],
+)
+def test_a_connection_the_answer_ends_is_not_pooled(answer: bytes, server_closes: bool) -> None:
     async def main() -> None:
         server: Scripted
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
-
-        async with Scripted(handler) as server:
-            out = plain()
-            target = Target.of(f"http://127.0.0.1:{server.port}", "/")
-            assert await body_of(out, target) == (200, b"until the end")
-            assert await body_of(out, target) == (200, b"until the end")
-            assert server.connections == 2
-
-    run(main())
-
-
-def test_an_http10_answer_without_keep_alive_is_not_pooled() -> None:
-    async def main() -> None:
-        server: Scripted
-
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:  # a server that would answer more on the same connection
+            while True:  # unless it closes, a server that would answer more on this connection
                 await server.read_request(reader)
-                writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                writer.write(answer)
+                if server_closes:
+                    return
 
         async with Scripted(handler) as server:
             out = plain()
