@@ -46,6 +46,9 @@ class Scripted:
         finally:
             writer.close()
 
+    def target(self, path: str = "/") -> Target:
+        return Target.of(f"http://127.0.0.1:{self.port}", path)
+
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
         head = await reader.readuntil(b"\r\n\r\n")
         self.heads.append(head)
@@ -80,7 +83,7 @@ def test_keep_alive_reuses_one_connection_and_sends_the_body() -> None:
 
         async with Scripted(handler) as server:
             out = plain()
-            target = Target.of(f"http://127.0.0.1:{server.port}", "/v1/echo")
+            target = server.target("/v1/echo")
             for n in range(3):
                 resp = await out.send("POST", target, [("X-N", str(n))], b"hello %d" % n)
                 assert resp.status == 200
@@ -110,7 +113,7 @@ def test_a_kept_alive_connection_the_server_closed_is_redialled_once() -> None:
 
         async with Scripted(handler) as server:
             out = plain()
-            target = Target.of(f"http://127.0.0.1:{server.port}", "/")
+            target = server.target()
             assert await body_of(out, target) == (200, b"ok")
             assert await body_of(out, target) == (200, b"ok")
             assert server.connections == 2
@@ -144,7 +147,7 @@ def test_chunked_stream_arrives_chunk_by_chunk() -> None:
 
         async with Scripted(handler) as server:
             out = plain()
-            target = Target.of(f"http://127.0.0.1:{server.port}", "/stream")
+            target = server.target("/stream")
             resp = await out.send("GET", target, [], b"")
             chunks = resp.aiter_raw()
             assert await anext(chunks) == b"data: 1"  # before the server sent the rest
@@ -171,7 +174,7 @@ def test_gzip_is_decoded_only_where_asked() -> None:
 
         async with Scripted(handler) as server:
             out = plain()
-            target = Target.of(f"http://127.0.0.1:{server.port}", "/")
+            target = server.target()
             resp = await out.send("GET", target, [], b"")
             assert b"".join([c async for c in resp.aiter_decoded()]) == b'{"ok": true}'
             assert await body_of(out, target) == (200, packed)
@@ -199,7 +202,7 @@ def test_a_body_cut_short_is_an_error_not_a_clean_end(answer: bytes) -> None:
         async with Scripted(handler) as server:
             out = plain()
             with pytest.raises(UpstreamError, match="broke off"):
-                await body_of(out, Target.of(f"http://127.0.0.1:{server.port}", "/"))
+                await body_of(out, server.target())
 
     run(main())
 
@@ -226,7 +229,7 @@ def test_a_connection_the_answer_ends_is_not_pooled(answer: bytes, server_closes
 
         async with Scripted(handler) as server:
             out = plain()
-            target = Target.of(f"http://127.0.0.1:{server.port}", "/")
+            target = server.target()
             assert await body_of(out, target) == (200, b"ok")
             assert await body_of(out, target) == (200, b"ok")
             assert server.connections == 2
