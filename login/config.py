@@ -51,7 +51,9 @@ def check_url(url: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has real types, so `allow_remote = "yes"` or `cooldown = "60"` is a mistake
+    # to report, not a value to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ProxySettings(_Strict):
