@@ -8,6 +8,10 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from login.hardening import forbid_core_dumps  # noqa: E402
+
+forbid_core_dumps()  # before any token is read into memory
+
 from addon.keyswap import Injector, Settings  # noqa: E402
 from addon.manage import Manage  # noqa: E402
 

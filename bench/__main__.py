@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -77,6 +78,8 @@ def _keyswap_user(lab: Lab) -> User:
 def run_profile(workdir: Path) -> str:
     """Only the profiles, under keep-alive JSON at c=8: bare mitmdump and keyswap."""
     code = revision()  # of the copy the proxies run, taken next
+    # py-spy attaches with ptrace, which keyswap otherwise refuses (login/hardening.py).
+    os.environ["KEYSWAP_DUMPABLE"] = "1"
     with Lab.open(workdir, workers=2) as lab:
         user = _keyswap_user(lab)
         proxies = [

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from .config import BUCKET_PATTERN, BucketRules, load_config
 from .credential import expiry_text
 from .errors import KeyswapError
+from .hardening import forbid_core_dumps
 from .providers import PROVIDERS
 from .tokens import Entry, TokenService
 from .ui import Console
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    forbid_core_dumps()  # before any token is read into memory
     args = build_parser().parse_args(argv)
     try:
         result: int = args.run(args)
