@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -30,7 +31,7 @@ from login.tokens import Access, TokenService
 from .buckets import Rotation
 from .errors import error_body, error_headers
 from .logins import Logins
-from .outbound import Outbound, Response, Target, UpstreamError, UpstreamTimeout
+from .outbound import Outbound, Response, Target, UpstreamError, UpstreamTimeout, Withdrawn
 from .placeholder import KEY_HEADERS
 from .ratelimit import reset_after
 
@@ -165,7 +166,7 @@ class Relay:
         provider = job.provider.name
         problems = _Problems()
         for bucket in job.buckets:
-            if not job.pinned and self.rotation.cooling_until(provider, bucket):
+            if self._resting(job, bucket):
                 continue
             access = await self._access(provider, bucket, problems)
             if access is None:
@@ -217,19 +218,23 @@ class Relay:
     ) -> tuple[Response, ApiCall] | Answer | None:
         """Send on one bucket; on a 401 refresh once (or adopt what another process
         refreshed) and send again. None: this bucket cannot serve."""
-        sent = await self._send(job, access)
-        if isinstance(sent, Answer) or sent[0].status != 401:
+        sent = await self._send(job, bucket, access)
+        if sent is None or isinstance(sent, Answer) or sent[0].status != 401:
             return sent
         sent[0].aclose()
         fresh = await self._access(job.provider.name, bucket, problems, rejected=access.token)
-        return None if fresh is None else await self._send(job, fresh)
+        return None if fresh is None else await self._send(job, bucket, fresh)
+
+    def _resting(self, job: Job, bucket: str) -> bool:
+        """A 429 sends a bucket to rest; a request pinned to it goes anyway."""
+        return not job.pinned and self.rotation.cooling_until(job.provider.name, bucket) is not None
 
     async def pick(self, job: Job) -> tuple[Access, str] | Answer:
         """The first usable bucket's token and the URL it may go to, for a request keyswap
         does not carry itself (a WebSocket upgrade)."""
         problems = _Problems()
         for bucket in job.buckets:
-            if not job.pinned and self.rotation.cooling_until(job.provider.name, bucket):
+            if self._resting(job, bucket):
                 continue
             access = await self._access(job.provider.name, bucket, problems)
             if access is None:
@@ -273,7 +278,11 @@ class Relay:
         msg = f"not logged in to {provider}; run `python -m login {provider}`"
         return _error(dialect, 401, msg)
 
-    async def _send(self, job: Job, access: Access) -> tuple[Response, ApiCall] | Answer:
+    async def _send(
+        self, job: Job, bucket: str, access: Access
+    ) -> tuple[Response, ApiCall] | Answer | None:
+        """Send on `bucket`; None if it started resting before the request left (planned
+        before another request's 429, it waited for a refresh or a connection)."""
         assert self.outbound is not None
         try:
             call = job.provider.prepare(job.call(), access.credential)
@@ -293,7 +302,12 @@ class Relay:
         # (an Accept-Encoding the client never sent would change what comes back).
         headers = [(k, v) for k, v in call.headers if k.lower() not in replaced]
         headers.extend(extra.items())
-        return await self.outbound.send(call.method, to, headers, call.body), call
+        # Asked again before dialling and right before writing: a 429 may arrive meanwhile.
+        withdraw = None if job.pinned else partial(self._resting, job, bucket)
+        try:
+            return await self.outbound.send(call.method, to, headers, call.body, withdraw), call
+        except Withdrawn:
+            return None
 
     @staticmethod
     def _deliverable(provider: Provider, to: Target, endpoints: Any) -> bool:
