@@ -16,11 +16,13 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from http import HTTPStatus
 from typing import Any
+
+from mitmproxy.net import encoding
 
 from login.config import is_loopback_host
 from login.errors import ClientError, KeyswapError, NeedsLogin
@@ -34,6 +36,7 @@ from .logins import Logins
 from .outbound import Outbound, Response, Target, UpstreamError, UpstreamTimeout, Withdrawn
 from .placeholder import KEY_HEADERS
 from .ratelimit import reset_after
+from .redactor import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,10 @@ _HOP_BY_HOP = {
     "content-length",
 }
 _MAX_ERROR_BODY = 64 * 1024
+# Sized answers and error bodies up to this size are read whole before their head goes, so
+# one cut short becomes an error in the API's shape and an echoed token can be taken out
+# (mitmproxy buffers sized answers anyway). Larger ones stream, chunked.
+_BUFFERED = 1 << 20
 
 
 @dataclass
@@ -71,6 +78,8 @@ class Job:
     # Seconds to wait for a login the proxy starts itself (`enabled = true`); None: don't.
     login_wait: float | None = None
     created: float = field(default_factory=time.monotonic)
+    # Every token sent upstream for this request, to take out of what the client gets.
+    sent: list[str] = field(default_factory=list)
 
     def call(self) -> ApiCall:
         return ApiCall(
@@ -302,6 +311,7 @@ class Relay:
         # (an Accept-Encoding the client never sent would change what comes back).
         headers = [(k, v) for k, v in call.headers if k.lower() not in replaced]
         headers.extend(extra.items())
+        job.sent.append(access.token)
         # Asked again before dialling and right before writing: a 429 may arrive meanwhile.
         withdraw = None if job.pinned else partial(self._resting, job, bucket)
         try:
@@ -454,7 +464,7 @@ class _RelayConnection(asyncio.Protocol):
             except Exception:
                 log.exception("keyswap: internal error while relaying to %s", job.provider.name)
                 answer = _error(job.route.dialect, 500, "internal error; see the proxy's log")
-            await self._write(answer, head_only)
+            await self._write(answer, head_only, Redactor(job.sent))
         except asyncio.CancelledError:
             pass
         except UpstreamError as exc:
@@ -464,48 +474,60 @@ class _RelayConnection(asyncio.Protocol):
             if self.wrote:
                 self._close()  # no final chunk: visibly incomplete
             else:
-                await self._write(_error(job.route.dialect, 502, _describe(exc, job)), head_only)
+                answer_error = _error(job.route.dialect, 502, _describe(exc, job))
+                await self._write(answer_error, head_only, Redactor(job.sent))
         except Exception:
             log.exception("keyswap: internal error while answering for %s", job.provider.name)
             if self.wrote:
                 self._close()
             else:
                 answer_error = _error(job.route.dialect, 500, "internal error; see the proxy's log")
-                await self._write(answer_error, head_only)
+                await self._write(answer_error, head_only, Redactor(job.sent))
         finally:
             if answer is not None and answer.upstream is not None:
                 answer.upstream.aclose()
 
-    async def _write(self, answer: Answer, head_only: bool) -> None:
+    async def _write(self, answer: Answer, head_only: bool, redactor: Redactor) -> None:
+        """Send `answer`, with every token sent for it taken out of its headers and body."""
+        status, headers = answer.status, redactor.headers(answer.headers)
         upstream = answer.upstream
         if upstream is None:
-            headers = [*answer.headers, ("content-length", str(len(answer.body)))]
-            self._send(_head(answer.status, "", headers) + (b"" if head_only else answer.body))
+            self._whole(status, "", headers, redactor.whole(answer.body), head_only)
+            return
+        reason = upstream.reason
+        if head_only or status in (204, 304):
+            self._send(_head(status, reason, headers))
             return
         reshaper = answer.reshaper
-        sized = reshaper is None and any(k.lower() == "content-length" for k, _ in answer.headers)
-        if head_only or answer.status in (204, 304) or sized:
-            # Nothing to wait for: the head leaves with the first part of the body.
-            head: bytes | None = _head(answer.status, upstream.reason, answer.headers)
-            if not head_only:
-                async for chunk in upstream.aiter_raw():
-                    await self._pass(head + chunk if head is not None else chunk)
-                    head = None
-            if head is not None:
-                self._send(head)
-            return
+        body = upstream.aiter_raw()
+        if reshaper is None and (status >= 400 or _sized(headers)):
+            chunks, complete = await _gather(body, _BUFFERED)
+            if complete:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if status >= 400:
+                    data, headers = _decoded(data, headers)
+                self._whole(status, reason, headers, redactor.whole(data), False)
+                return
+            # Too large to hold: it streams, and a redacted body no longer has its length.
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            body = _chain(chunks, body)
+        elif reshaper is not None:
+            body = _reshaped(reshaper, upstream.aiter_decoded())
         # A stream: its head goes at once, whenever the first event comes.
-        self._send(_head(answer.status, upstream.reason, [*answer.headers, _CHUNKED]))
-        if reshaper is None:
-            async for chunk in upstream.aiter_raw():
-                await self._pass(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            self._send(b"0\r\n\r\n")
-            return
-        async for chunk in upstream.aiter_decoded():
-            if out := reshaper.feed(chunk):
+        self._send(_head(status, reason, [*headers, _CHUNKED]))
+        async for chunk in body:
+            if out := redactor.feed(chunk):
                 await self._pass(b"%x\r\n%b\r\n" % (len(out), out))
-        out = reshaper.end()
+        out = redactor.end()
         self._send((b"%x\r\n%b\r\n" % (len(out), out) if out else b"") + b"0\r\n\r\n")
+
+    def _whole(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, head_only: bool
+    ) -> None:
+        """A complete answer in one write, its length as it is now (redaction changes it)."""
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("content-length", str(len(body))))
+        self._send(_head(status, reason, headers) + (b"" if head_only else body))
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -531,6 +553,7 @@ def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
 
 
 _CHUNKED = ("transfer-encoding", "chunked")
+_DECODABLE = {"gzip", "deflate", "br", "zstd"}
 _MAX_HEAD = 64 * 1024
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -542,3 +565,48 @@ def _describe(exc: Exception, job: Job) -> str:
     if isinstance(exc, UpstreamTimeout):
         return f"{job.provider.name}: the provider did not answer in time"
     return f"{job.provider.name}: {exc}"
+
+
+def _sized(headers: list[tuple[str, str]]) -> bool:
+    return any(k.lower() == "content-length" for k, _ in headers)
+
+
+async def _gather(body: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The body's chunks, and whether that is all of it: reading stops past `limit`."""
+    chunks, size = [], 0
+    async for chunk in body:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return chunks, False
+    return chunks, True
+
+
+async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
+
+
+async def _reshaped(reshaper: Reshaper, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in body:
+        if out := reshaper.feed(chunk):
+            yield out
+    if out := reshaper.end():
+        yield out
+
+
+def _decoded(data: bytes, headers: list[tuple[str, str]]) -> tuple[bytes, list[tuple[str, str]]]:
+    """An error body without its content encoding, so an echoed token can be found in it
+    (providers compress errors like anything else). As it came if it cannot be decoded."""
+    coding = next((v for k, v in headers if k.lower() == "content-encoding"), "").strip().lower()
+    if coding not in _DECODABLE:
+        return data, headers
+    try:
+        plain = encoding.decode(data, coding)
+    except ValueError:
+        return data, headers
+    if not isinstance(plain, bytes):
+        return data, headers
+    return plain, [(k, v) for k, v in headers if k.lower() != "content-encoding"]

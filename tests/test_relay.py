@@ -6,6 +6,7 @@ while a request to it is on its way."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import secrets
 import socket
@@ -18,8 +19,8 @@ import pytest
 from pydantic import SecretStr
 
 from addon.buckets import Rotation
-from addon.outbound import Outbound, Response, Target
-from addon.relay import TICKET_HEADER, Job, Relay
+from addon.outbound import Outbound, Response, Target, UpstreamError
+from addon.relay import _BUFFERED, TICKET_HEADER, Job, Relay
 from login.credential import Credential
 from login.providers import PROVIDERS
 from login.tokens import Access
@@ -155,6 +156,148 @@ def test_a_post_the_provider_read_before_dropping_the_connection_is_not_sent_aga
         assert resp.status == 502
         assert "not sent again" in anthropic_error(body)["message"]
         assert len(lab.server.heads) == 2, "the provider saw the second POST twice"
+
+    with_server(make, check)
+
+
+# -- 8: an answer cut short reaches the client as an error in the API's shape ---------------
+
+
+def test_a_sized_answer_cut_short_is_a_502_in_the_providers_shape() -> None:
+    def make(server: Scripted) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+                b'\r\n{"id": "msg_1", "content": '
+            )
+            await writer.drain()
+
+        return handler
+
+    async def check(lab: Lab) -> None:
+        resp, body = await lab.fetch(job("a"))
+        assert resp.status == 502
+        assert "broke off" in anthropic_error(body)["message"]
+
+    with_server(make, check)
+
+
+def test_a_sized_answer_beyond_the_buffer_streams_and_a_cut_stays_visible() -> None:
+    size = _BUFFERED + 4096
+    release = asyncio.Event()
+
+    def make(server: Scripted) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for last in (b"x", b""):  # the first answer is whole, the second is cut short
+                await server.read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (size + 1))
+                writer.write(b"x" * size)
+                await writer.drain()
+                await release.wait()
+                writer.write(last)
+                await writer.drain()
+
+        return handler
+
+    async def check(lab: Lab) -> None:
+        for complete in (True, False):
+            release.clear()
+            resp = await lab.ask(job("a"))
+            assert resp.status == 200 and "content-length" not in resp.lookup
+            chunks, got = resp.aiter_raw(), 0
+            while got < size:  # more than the buffer holds, before upstream finished
+                got += len(await anext(chunks))
+            release.set()
+            if complete:
+                assert got + sum([len(c) async for c in chunks]) == size + 1
+            else:
+                with pytest.raises(UpstreamError, match="broke off"):
+                    async for _ in chunks:
+                        pass
+
+    with_server(make, check)
+
+
+# -- 9: a token the provider echoes never reaches the client --------------------------------
+
+
+def _auth(head: bytes) -> bytes:
+    return head.split(b"Authorization: ")[1].split(b"\r\n")[0]
+
+
+def echoing(server: Scripted, status: int, framing: str) -> Handler:
+    """Answers every request with `status`, quoting its Authorization header in a header and
+    in an Anthropic error body, framed as "sized", "chunked" or "gzip" (sized)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_request(reader)
+            auth = _auth(server.heads[-1])
+            body = b'{"type": "error", "error": {"type": "x", "message": "bad %b"}}' % auth
+            head = b"HTTP/1.1 %d Oops\r\nX-Echo: %b\r\n" % (status, auth)
+            if framing == "chunked":
+                half = body.index(b"tok-") + 8
+                writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
+                for part in (body[:half], body[half:]):
+                    writer.write(b"%x\r\n%b\r\n" % (len(part), part))
+                writer.write(b"0\r\n\r\n")
+                continue
+            if framing == "gzip":
+                body, head = gzip.compress(body), head + b"Content-Encoding: gzip\r\n"
+            writer.write(head + b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("status", "framing"),
+    [(401, "sized"), (400, "gzip"), (500, "chunked"), (200, "sized")],
+)
+def test_tokens_the_provider_echoes_are_redacted(status: int, framing: str) -> None:
+    async def check(lab: Lab) -> None:
+        before = lab.tokens.tokens["a"]
+        resp, body = await lab.fetch(job("a"))
+        sent = {_auth(h).removeprefix(b"Bearer ") for h in lab.server.heads}
+        assert len(sent) == (2 if status == 401 else 1)  # a 401 is retried on a fresh token
+        assert before.encode() in sent
+        assert resp.status == status
+        assert resp.lookup["x-echo"] == "Bearer (redacted)"
+        assert b"bad Bearer (redacted)" in body
+        assert "content-encoding" not in resp.lookup
+        assert int(resp.lookup["content-length"]) == len(body)
+        for token in sent:
+            assert token not in body
+
+    with_server(lambda server: echoing(server, status, framing), check)
+
+
+def test_a_token_split_across_stream_chunks_is_redacted_without_delaying_events() -> None:
+    release = asyncio.Event()
+
+    def make(server: Scripted) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            token = _auth(server.heads[-1]).removeprefix(b"Bearer ")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for part in (b'data: 1\n\ndata: {"seen": "' + token[:12], None, token[12:] + b'"}\n\n'):
+                if part is None:
+                    await writer.drain()
+                    await release.wait()
+                else:
+                    writer.write(b"%x\r\n%b\r\n" % (len(part), part))
+            writer.write(b"0\r\n\r\n")
+
+        return handler
+
+    async def check(lab: Lab) -> None:
+        resp = await lab.ask(job("a"))
+        chunks = resp.aiter_raw()
+        # The first event goes at once; only the tail that begins the token waits.
+        assert await anext(chunks) == b'data: 1\n\ndata: {"seen": "'
+        release.set()
+        rest = b"".join([c async for c in chunks])
+        assert rest == b'(redacted)"}\n\n'
 
     with_server(make, check)
 
