@@ -187,7 +187,9 @@ class Relay:
                 return sent
             resp, call = sent
             if resp.status == 429 and not job.pinned:
-                hint = reset_after(resp.lookup, await resp.read(_MAX_ERROR_BODY))
+                # Decoded: the client's Accept-Encoding went upstream, so it may be gzip.
+                body, _ = _decoded(await resp.read(_MAX_ERROR_BODY), resp.headers)
+                hint = reset_after(resp.lookup, body)
                 wait = hint if hint is not None else self.cooldown
                 self.rotation.cool(provider, bucket, wait)
                 log.info("keyswap: %s/%s rests %d s after a 429", provider, bucket, int(wait))
@@ -598,8 +600,9 @@ async def _reshaped(reshaper: Reshaper, body: AsyncIterator[bytes]) -> AsyncIter
 
 
 def _decoded(data: bytes, headers: list[tuple[str, str]]) -> tuple[bytes, list[tuple[str, str]]]:
-    """An error body without its content encoding, so an echoed token can be found in it
-    (providers compress errors like anything else). As it came if it cannot be decoded."""
+    """An error body without its content encoding, so an echoed token or a reset hint can
+    be found in it (providers compress errors like anything else). As it came if it cannot
+    be decoded (an unknown encoding, or cut short)."""
     coding = next((v for k, v in headers if k.lower() == "content-encoding"), "").strip().lower()
     if coding not in _DECODABLE:
         return data, headers

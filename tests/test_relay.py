@@ -12,6 +12,7 @@ import secrets
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -359,3 +360,29 @@ def test_a_bucket_that_starts_resting_while_dialling_gets_no_request() -> None:
         assert lab.used() == ["b", "a"]
 
     with_server(ok_forever, check, outbound)
+
+
+def test_a_compressed_429_still_gives_its_reset_hint() -> None:
+    """Clients ask for gzip, so a 429's body (Codex's resets_in_seconds, Google's RetryInfo)
+    may come compressed: the bucket must rest as long as it says, not the default cooldown."""
+    hint = gzip.compress(b'{"error": {"type": "usage_limit_reached", "resets_in_seconds": 7}}')
+
+    def make(server: Scripted) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await server.read_request(reader)
+                if len(server.heads) == 1:
+                    head = b"HTTP/1.1 429 Too Many\r\nContent-Encoding: gzip\r\n"
+                    writer.write(head + b"Content-Length: %d\r\n\r\n%b" % (len(hint), hint))
+                else:
+                    writer.write(OK)
+
+        return handler
+
+    async def check(lab: Lab) -> None:
+        resp, _ = await lab.fetch(job("a", "b"))
+        assert resp.status == 200 and lab.used() == ["a", "b"]
+        until = lab.rotation.cooling_until("anthropic", "a")
+        assert until is not None and 5 < until - time.time() <= 7
+
+    with_server(make, check)
