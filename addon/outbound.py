@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import select
 import ssl
 import time
 import zlib
@@ -22,6 +23,9 @@ _MAX_IDLE = 256  # per destination; a busy proxy keeps one per request in flight
 _MAX_HEAD = 256 * 1024
 _READ_SIZE = 64 * 1024
 _NO_BODY = {204, 304}
+# Sent again on a kept-alive connection that dies without an answer: requests with no
+# effect (RFC 9110 §9.2.1), so a provider that did read one has done nothing twice.
+_SAFE = {"GET", "HEAD"}
 _BROKEN = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
 
 Resolver = Callable[[str, int], "tuple[str, int] | None"]
@@ -33,6 +37,10 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """The provider did not answer (or connect) in time."""
+
+
+class Withdrawn(Exception):
+    """The caller withdrew the request before a byte of it was written."""
 
 
 @dataclass(frozen=True)
@@ -73,17 +81,32 @@ def _split_query(query: str) -> list[tuple[str, str]]:
 
 
 class _Connection:
-    __slots__ = ("idle_since", "reader", "reused", "writer")
+    __slots__ = ("_poll", "idle_since", "reader", "reused", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.idle_since = 0.0
         self.reused = False
+        # Asks the kernel about the socket without reading it (no kernel object is held).
+        self._poll = select.poll()
+        if (sock := writer.get_extra_info("socket")) is not None:
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def usable(self, now: float) -> bool:
         if self.reader.at_eof() or self.writer.is_closing():
             return False
         return now - self.idle_since < _IDLE_SECONDS
+
+    def quiet(self) -> bool:
+        """Nothing arrived since the last answer: no byte, EOF or reset, neither read by the
+        loop nor waiting in the kernel. An idle connection that heard anything is closing
+        (or out of step), and a request written to it might be read and then lost."""
+        if self.reader.at_eof() or self.writer.is_closing():
+            return False
+        # A StreamReader has no public size; bytes it holds came unasked (a 408, say).
+        if getattr(self.reader, "_buffer", None):
+            return False
+        return not self._poll.poll(0)
 
     def close(self) -> None:
         self.writer.close()
@@ -173,18 +196,37 @@ class Outbound:
         self._closed = False
 
     async def send(
-        self, method: str, target: Target, headers: list[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        target: Target,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        withdraw: Callable[[], bool] | None = None,
     ) -> Response:
+        """Send one request. `withdraw` is asked before dialling and again right before the
+        request is written; if it says yes, Withdrawn is raised and nothing was sent.
+
+        A request goes out at most once, except GET and HEAD: a kept-alive connection
+        that breaks after the request was written may have delivered it, so only requests
+        without effect are sent again."""
         head = self._head(method, target, headers, body)
         for attempt in range(2):
+            if withdraw is not None and withdraw():
+                raise Withdrawn
             conn = await self._take(target, fresh=attempt > 0)
+            if withdraw is not None and withdraw():
+                self._put(target, conn)  # unused: the next request may have it
+                raise Withdrawn
             try:
                 conn.writer.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
                     conn.writer.write(body)
                 return await self._response(conn, target, method)
             except _Stale:
-                conn.close()  # the server had closed this kept-alive connection: redial once
+                conn.close()
+                if method not in _SAFE:
+                    why = "the request may have been processed, so it was not sent again"
+                    raise UpstreamError(f"{target.host} dropped the connection; {why}") from None
             except BaseException:
                 conn.close()
                 raise
@@ -206,7 +248,9 @@ class Outbound:
         now = time.monotonic()
         while idle and not fresh:
             conn = idle.pop()
-            if conn.usable(now):
+            # The last look before the request is written (the caller writes without
+            # yielding): a connection the server is closing is dropped here, not written to.
+            if conn.usable(now) and conn.quiet():
                 conn.reused = True
                 return conn
             conn.close()
@@ -392,7 +436,8 @@ class Outbound:
 
 
 class _Stale(Exception):
-    """A reused connection closed before any byte of the answer: safe to send again."""
+    """A reused connection closed before any byte of the answer (the request may or may
+    not have been read)."""
 
 
 async def _nothing() -> AsyncIterator[bytes]:

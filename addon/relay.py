@@ -16,10 +16,13 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from http import HTTPStatus
 from typing import Any
+
+from mitmproxy.net import encoding
 
 from login.config import is_loopback_host
 from login.errors import ClientError, KeyswapError, NeedsLogin
@@ -30,9 +33,10 @@ from login.tokens import Access, TokenService
 from .buckets import Rotation
 from .errors import error_body, error_headers
 from .logins import Logins
-from .outbound import Outbound, Response, Target, UpstreamError, UpstreamTimeout
+from .outbound import Outbound, Response, Target, UpstreamError, UpstreamTimeout, Withdrawn
 from .placeholder import KEY_HEADERS
 from .ratelimit import reset_after
+from .redactor import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,10 @@ _HOP_BY_HOP = {
     "content-length",
 }
 _MAX_ERROR_BODY = 64 * 1024
+# Sized answers and error bodies up to this size are read whole before their head goes, so
+# one cut short becomes an error in the API's shape and an echoed token can be taken out
+# (mitmproxy buffers sized answers anyway). Larger ones stream, chunked.
+_BUFFERED = 1 << 20
 
 
 @dataclass
@@ -70,6 +78,8 @@ class Job:
     # Seconds to wait for a login the proxy starts itself (`enabled = true`); None: don't.
     login_wait: float | None = None
     created: float = field(default_factory=time.monotonic)
+    # Every token sent upstream for this request, to take out of what the client gets.
+    sent: list[str] = field(default_factory=list)
 
     def call(self) -> ApiCall:
         return ApiCall(
@@ -165,7 +175,7 @@ class Relay:
         provider = job.provider.name
         problems = _Problems()
         for bucket in job.buckets:
-            if not job.pinned and self.rotation.cooling_until(provider, bucket):
+            if self._resting(job, bucket):
                 continue
             access = await self._access(provider, bucket, problems)
             if access is None:
@@ -177,7 +187,9 @@ class Relay:
                 return sent
             resp, call = sent
             if resp.status == 429 and not job.pinned:
-                hint = reset_after(resp.lookup, await resp.read(_MAX_ERROR_BODY))
+                # Decoded: the client's Accept-Encoding went upstream, so it may be gzip.
+                body, _ = _decoded(await resp.read(_MAX_ERROR_BODY), resp.headers)
+                hint = reset_after(resp.lookup, body)
                 wait = hint if hint is not None else self.cooldown
                 self.rotation.cool(provider, bucket, wait)
                 log.info("keyswap: %s/%s rests %d s after a 429", provider, bucket, int(wait))
@@ -217,19 +229,23 @@ class Relay:
     ) -> tuple[Response, ApiCall] | Answer | None:
         """Send on one bucket; on a 401 refresh once (or adopt what another process
         refreshed) and send again. None: this bucket cannot serve."""
-        sent = await self._send(job, access)
-        if isinstance(sent, Answer) or sent[0].status != 401:
+        sent = await self._send(job, bucket, access)
+        if sent is None or isinstance(sent, Answer) or sent[0].status != 401:
             return sent
         sent[0].aclose()
         fresh = await self._access(job.provider.name, bucket, problems, rejected=access.token)
-        return None if fresh is None else await self._send(job, fresh)
+        return None if fresh is None else await self._send(job, bucket, fresh)
+
+    def _resting(self, job: Job, bucket: str) -> bool:
+        """A 429 sends a bucket to rest; a request pinned to it goes anyway."""
+        return not job.pinned and self.rotation.cooling_until(job.provider.name, bucket) is not None
 
     async def pick(self, job: Job) -> tuple[Access, str] | Answer:
         """The first usable bucket's token and the URL it may go to, for a request keyswap
         does not carry itself (a WebSocket upgrade)."""
         problems = _Problems()
         for bucket in job.buckets:
-            if not job.pinned and self.rotation.cooling_until(job.provider.name, bucket):
+            if self._resting(job, bucket):
                 continue
             access = await self._access(job.provider.name, bucket, problems)
             if access is None:
@@ -273,7 +289,11 @@ class Relay:
         msg = f"not logged in to {provider}; run `python -m login {provider}`"
         return _error(dialect, 401, msg)
 
-    async def _send(self, job: Job, access: Access) -> tuple[Response, ApiCall] | Answer:
+    async def _send(
+        self, job: Job, bucket: str, access: Access
+    ) -> tuple[Response, ApiCall] | Answer | None:
+        """Send on `bucket`; None if it started resting before the request left (planned
+        before another request's 429, it waited for a refresh or a connection)."""
         assert self.outbound is not None
         try:
             call = job.provider.prepare(job.call(), access.credential)
@@ -293,7 +313,13 @@ class Relay:
         # (an Accept-Encoding the client never sent would change what comes back).
         headers = [(k, v) for k, v in call.headers if k.lower() not in replaced]
         headers.extend(extra.items())
-        return await self.outbound.send(call.method, to, headers, call.body), call
+        job.sent.append(access.token)
+        # Asked again before dialling and right before writing: a 429 may arrive meanwhile.
+        withdraw = None if job.pinned else partial(self._resting, job, bucket)
+        try:
+            return await self.outbound.send(call.method, to, headers, call.body, withdraw), call
+        except Withdrawn:
+            return None
 
     @staticmethod
     def _deliverable(provider: Provider, to: Target, endpoints: Any) -> bool:
@@ -440,7 +466,7 @@ class _RelayConnection(asyncio.Protocol):
             except Exception:
                 log.exception("keyswap: internal error while relaying to %s", job.provider.name)
                 answer = _error(job.route.dialect, 500, "internal error; see the proxy's log")
-            await self._write(answer, head_only)
+            await self._write(answer, head_only, Redactor(job.sent))
         except asyncio.CancelledError:
             pass
         except UpstreamError as exc:
@@ -450,48 +476,60 @@ class _RelayConnection(asyncio.Protocol):
             if self.wrote:
                 self._close()  # no final chunk: visibly incomplete
             else:
-                await self._write(_error(job.route.dialect, 502, _describe(exc, job)), head_only)
+                answer_error = _error(job.route.dialect, 502, _describe(exc, job))
+                await self._write(answer_error, head_only, Redactor(job.sent))
         except Exception:
             log.exception("keyswap: internal error while answering for %s", job.provider.name)
             if self.wrote:
                 self._close()
             else:
                 answer_error = _error(job.route.dialect, 500, "internal error; see the proxy's log")
-                await self._write(answer_error, head_only)
+                await self._write(answer_error, head_only, Redactor(job.sent))
         finally:
             if answer is not None and answer.upstream is not None:
                 answer.upstream.aclose()
 
-    async def _write(self, answer: Answer, head_only: bool) -> None:
+    async def _write(self, answer: Answer, head_only: bool, redactor: Redactor) -> None:
+        """Send `answer`, with every token sent for it taken out of its headers and body."""
+        status, headers = answer.status, redactor.headers(answer.headers)
         upstream = answer.upstream
         if upstream is None:
-            headers = [*answer.headers, ("content-length", str(len(answer.body)))]
-            self._send(_head(answer.status, "", headers) + (b"" if head_only else answer.body))
+            self._whole(status, "", headers, redactor.whole(answer.body), head_only)
+            return
+        reason = upstream.reason
+        if head_only or status in (204, 304):
+            self._send(_head(status, reason, headers))
             return
         reshaper = answer.reshaper
-        sized = reshaper is None and any(k.lower() == "content-length" for k, _ in answer.headers)
-        if head_only or answer.status in (204, 304) or sized:
-            # Nothing to wait for: the head leaves with the first part of the body.
-            head: bytes | None = _head(answer.status, upstream.reason, answer.headers)
-            if not head_only:
-                async for chunk in upstream.aiter_raw():
-                    await self._pass(head + chunk if head is not None else chunk)
-                    head = None
-            if head is not None:
-                self._send(head)
-            return
+        body = upstream.aiter_raw()
+        if reshaper is None and (status >= 400 or _sized(headers)):
+            chunks, complete = await _gather(body, _BUFFERED)
+            if complete:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if status >= 400:
+                    data, headers = _decoded(data, headers)
+                self._whole(status, reason, headers, redactor.whole(data), False)
+                return
+            # Too large to hold: it streams, and a redacted body no longer has its length.
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            body = _chain(chunks, body)
+        elif reshaper is not None:
+            body = _reshaped(reshaper, upstream.aiter_decoded())
         # A stream: its head goes at once, whenever the first event comes.
-        self._send(_head(answer.status, upstream.reason, [*answer.headers, _CHUNKED]))
-        if reshaper is None:
-            async for chunk in upstream.aiter_raw():
-                await self._pass(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            self._send(b"0\r\n\r\n")
-            return
-        async for chunk in upstream.aiter_decoded():
-            if out := reshaper.feed(chunk):
+        self._send(_head(status, reason, [*headers, _CHUNKED]))
+        async for chunk in body:
+            if out := redactor.feed(chunk):
                 await self._pass(b"%x\r\n%b\r\n" % (len(out), out))
-        out = reshaper.end()
+        out = redactor.end()
         self._send((b"%x\r\n%b\r\n" % (len(out), out) if out else b"") + b"0\r\n\r\n")
+
+    def _whole(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, head_only: bool
+    ) -> None:
+        """A complete answer in one write, its length as it is now (redaction changes it)."""
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("content-length", str(len(body))))
+        self._send(_head(status, reason, headers) + (b"" if head_only else body))
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -517,6 +555,7 @@ def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
 
 
 _CHUNKED = ("transfer-encoding", "chunked")
+_DECODABLE = {"gzip", "deflate", "br", "zstd"}
 _MAX_HEAD = 64 * 1024
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -528,3 +567,49 @@ def _describe(exc: Exception, job: Job) -> str:
     if isinstance(exc, UpstreamTimeout):
         return f"{job.provider.name}: the provider did not answer in time"
     return f"{job.provider.name}: {exc}"
+
+
+def _sized(headers: list[tuple[str, str]]) -> bool:
+    return any(k.lower() == "content-length" for k, _ in headers)
+
+
+async def _gather(body: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The body's chunks, and whether that is all of it: reading stops past `limit`."""
+    chunks, size = [], 0
+    async for chunk in body:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return chunks, False
+    return chunks, True
+
+
+async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
+
+
+async def _reshaped(reshaper: Reshaper, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in body:
+        if out := reshaper.feed(chunk):
+            yield out
+    if out := reshaper.end():
+        yield out
+
+
+def _decoded(data: bytes, headers: list[tuple[str, str]]) -> tuple[bytes, list[tuple[str, str]]]:
+    """An error body without its content encoding, so an echoed token or a reset hint can
+    be found in it (providers compress errors like anything else). As it came if it cannot
+    be decoded (an unknown encoding, or cut short)."""
+    coding = next((v for k, v in headers if k.lower() == "content-encoding"), "").strip().lower()
+    if coding not in _DECODABLE:
+        return data, headers
+    try:
+        plain = encoding.decode(data, coding)
+    except ValueError:
+        return data, headers
+    if not isinstance(plain, bytes):
+        return data, headers
+    return plain, [(k, v) for k, v in headers if k.lower() != "content-encoding"]

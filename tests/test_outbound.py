@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -317,3 +320,39 @@ def test_an_upstream_proxy_carries_the_tls_tunnel() -> None:
                 assert server.connections == 1
 
     run(main())
+
+
+def test_a_post_on_a_connection_the_server_already_closed_goes_on_a_new_one() -> None:
+    """The server closes an idle kept-alive connection and the relay has not yet read the
+    FIN when the next request comes: it must see it before writing and dial afresh (it may
+    not send a POST twice, so finding out after writing would be too late)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    closed, requests = threading.Event(), []
+
+    def serve() -> None:
+        for n in range(2):
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as reader:
+                head = b"".join(iter(reader.readline, b"\r\n"))
+                requests.append(head)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                reader.read(length)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            closed.set()  # closed the first connection right after its answer
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main() -> None:
+        out = plain()
+        target = Target.of(f"http://127.0.0.1:{listener.getsockname()[1]}", "/")
+        for _ in range(2):
+            resp = await out.send("POST", target, [], b"{}")
+            assert (resp.status, await resp.read(100)) == (200, b"ok")
+            # Wait without running the loop, so the FIN is in the kernel, unread.
+            closed.wait(5)
+            time.sleep(0.05)
+        assert len(requests) == 2
+        out.close()
+
+    run(main())
+    listener.close()

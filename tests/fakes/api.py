@@ -178,6 +178,16 @@ class StreamLog:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One request as it reached the server: when (monotonic), the Authorization it carried,
+    and the status it was answered with."""
+
+    at: float
+    authorization: str | None
+    status: int
+
+
+@dataclass(frozen=True)
 class Leak:
     """A live OAuth token of `provider` seen in `where` of a request to a foreign `host`."""
 
@@ -420,6 +430,7 @@ class FakeAPI(FakeServer):
         self.disconnects: list[tuple[str, str]] = []  # (provider, path) of abandoned streams
         self.streams: list[StreamLog] = []
         self.leaks: list[Leak] = []
+        self.attempts: list[Attempt] = []
         self._limits: list[Fault] = []
         self._auth_faults: list[Fault] = []
         self.add_routes(self._route_table())
@@ -527,6 +538,7 @@ class FakeAPI(FakeServer):
             codex("GET", "/backend-api/codex/models", "models", self._codex_models),
             anthropic("POST", "/v1/messages", "messages", self._anthropic),
             anthropic("GET", "/api/oauth/profile", "profile", self._anthropic_profile),
+            anthropic("POST", "/v1/echo/{status}", "echo", self._echo),
             openai(
                 "POST", "/v1/chat/completions", "chat_completions", partial(self._openai, "chat")
             ),
@@ -561,8 +573,12 @@ class FakeAPI(FakeServer):
         return routes
 
     def dispatch(self, req: Request) -> Reply:
+        at = time.monotonic()
         self._find_leaks(req)
-        return super().dispatch(req)
+        reply = super().dispatch(req)
+        with self._lock:
+            self.attempts.append(Attempt(at, req.headers.get("authorization"), reply.status))
+        return reply
 
     def _find_leaks(self, req: Request) -> None:
         host = host_of(req)
@@ -846,6 +862,20 @@ class FakeAPI(FakeServer):
 
     def _anthropic_profile(self, req: Request) -> Reply:
         return self.oauth.dispatch(replace(req, path=PATHS["anthropic"]["profile"], args={}))
+
+    def _echo(self, req: Request) -> Reply:
+        """A careless API that quotes the Authorization header it got, in a header and in
+        the body: an Anthropic error for `/v1/echo/<status>`, or for 200 an SSE stream whose
+        first event is split in two chunks in the middle of the token."""
+        auth = req.headers.get("authorization", "")
+        echo = (("x-echo-authorization", auth),)
+        status = int(req.args["status"])
+        if status != 200:
+            error = anthropic_error(f"invalid authorization header: {auth}")
+            return with_headers(json_reply(error, status), echo)
+        quoted = sse({"authorization": auth}, event="echo")
+        cut = quoted.index(auth.encode()) + len(auth) // 2
+        return self._sse("anthropic", req, [quoted[:cut], quoted[cut:], sse({}, "done")], echo)
 
     # api.openai.com with a real key
 
