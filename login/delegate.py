@@ -48,7 +48,10 @@ async def delegate(provider: str, bucket: str, ui: Console, timeout: float) -> s
         login = resp.json()["login"]
         if login["state"] == "failed":
             raise LoginError(login.get("error") or "the login failed")
-        ui.step("The running keyswap proxy handles this sign-in (see http://keyswap.local/)")
+        ui.step(
+            "The running keyswap proxy handles this sign-in "
+            "(`python -m login page` opens its status page)"
+        )
         if login.get("authorize_url"):
             ui.authorize_url(login["authorize_url"], PROVIDERS[provider].title, login["listening"])
         pasting = asyncio.ensure_future(_forward_pastes(client, provider, bucket, ui))
