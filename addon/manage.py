@@ -3,6 +3,7 @@
 Served by the addon itself, through the proxy, to clients on this machine only. No token
 ever appears in an answer.
 
+    GET  /auth?t=<link token>                   trade a one-time link for a page session
     GET  /                                      the status page (addon/page/)
     GET  /api/auth/providers                    every provider, its buckets and running logins
     GET  /api/auth/status/:provider             one provider
@@ -13,11 +14,20 @@ ever appears in an answer.
     POST /api/auth/logout/:provider?bucket=     forget a login (`all=1`: every bucket)
     POST /api/buckets/:provider/:bucket/reset   end a bucket's cooldown
 
-State-changing calls need either the per-install secret (`X-Keyswap-Secret`, the contents of
-`<data dir>/manage.secret`, 0600) or, from the page itself, an `Origin` of keyswap.local plus
-the CSRF token the page carries (`X-Keyswap-CSRF`). A request whose `Origin` is any other
-site is refused outright, so a web page visited through the proxy can neither change
-anything nor read the answers (no CORS headers are ever sent).
+Any program on this machine can reach this API through the proxy, so nothing it can fetch
+grants anything. Every API call needs one of:
+
+- the per-install secret (`X-Keyswap-Secret`, the contents of `<data dir>/manage.secret`,
+  0600): everything. For scripts and `python -m login`.
+- a page session: the cookie a browser gets for a one-time link from `python -m login page`
+  (signed with that secret, see login/page.py). Reads need the cookie; state changes also
+  the CSRF token the page carries (`X-Keyswap-CSRF`), bound to that session.
+- a client secret of `[clients.*]` (`X-Keyswap-Client`): only the providers and buckets its
+  `allow` admits, without accounts or running logins; it may reset its buckets' cooldowns
+  but not log in, paste, cancel or log out.
+
+Anything else gets a 401 saying so. A request whose `Origin` is another site is refused
+outright, and no CORS headers are ever sent.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import html
 import json
 import logging
 import os
@@ -43,24 +54,32 @@ from mitmproxy import http
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers
 
-from login.config import BUCKET_PATTERN, is_loopback_host
+from login.config import BUCKET_PATTERN, ClientSettings, is_loopback_host
 from login.errors import KeyswapError
+from login.page import LINK_PATH, LINK_TTL, SECRET_MIN, Link, LinkError, verify
 from login.providers import PROVIDERS
 from login.providers.base import Provider
 from login.providers.google import GoogleProvider
+from login.redact import REDACTED
 from login.store.paths import MANAGE_SECRET, data_dir, private_dir, read_private, write_private
 from login.tokens import Entry
 
-from .keyswap import Injector, is_loopback_client
+from .keyswap import Injector, _client, is_loopback_client
 from .logins import LoginSession
+from .placeholder import Placeholder
 
 log = logging.getLogger(__name__)
 
 HOST = "keyswap.local"
 ORIGINS = frozenset({"http://keyswap.local", "https://keyswap.local"})
 SECRET_FILE = MANAGE_SECRET
-SECRET_HEADER = "x-keyswap-secret"
-CSRF_HEADER = "x-keyswap-csrf"
+SECRET_HEADER = "X-Keyswap-Secret"
+CLIENT_HEADER = "X-Keyswap-Client"
+CSRF_HEADER = "X-Keyswap-CSRF"
+COOKIE = "keyswap_session"
+SESSION_TTL = 12 * 3600  # a page session lasts a working day; a restart ends it sooner
+MAX_SESSIONS = 16  # browsers holding a session; the oldest goes first
+MAX_LINKS = 256  # links spent within LINK_TTL; beyond, new ones wait (a replay never works)
 PAGE_DIR = Path(__file__).with_name("page")
 DEFAULT_BUCKET = "default"
 
@@ -97,6 +116,10 @@ def _json(data: Any, status: int = 200) -> Reply:
     return Reply(status, json.dumps(data, separators=(",", ":")).encode())
 
 
+def _html(status: int, body: bytes) -> Reply:
+    return Reply(status, body, "text/html; charset=utf-8", {"content-security-policy": _CSP})
+
+
 # -- the per-install secret -------------------------------------------------------------------
 
 
@@ -109,7 +132,7 @@ def load_secret(directory: Path | None = None) -> str:
         found: str | None = read_private(path).decode("ascii", "replace").strip()
     except FileNotFoundError:
         found = None
-    if found is not None and len(found) >= 32:
+    if found is not None and len(found) >= SECRET_MIN:
         return found
     secret = secrets.token_urlsafe(32)
     if found is not None:  # there, but damaged (empty, truncated): replace it
@@ -131,9 +154,102 @@ def load_secret(directory: Path | None = None) -> str:
     return secret
 
 
-def csrf_token(secret: str) -> str:
-    """What the page carries: derived from the secret, never the secret itself."""
-    return hmac.new(secret.encode(), b"keyswap status page csrf", hashlib.sha256).hexdigest()
+# -- who is asking ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Given:
+    """The credentials a request carried, taken out of its flow (which keeps "(redacted)")
+    before anything else looks at it."""
+
+    secret: str | None = None
+    client: str | None = None
+    csrf: str | None = None
+    cookie: str | None = None
+    link: str | None = None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The user (the secret, or the page's session), or a client of a shared proxy, which
+    sees and resets only what its `allow` admits."""
+
+    client: ClientSettings | None = None
+
+    def admits(self, provider: str, bucket: str | None = None) -> bool:
+        return self.client is None or self.client.admits(provider, bucket)
+
+    def require(self, provider: str, bucket: str | None = None) -> None:
+        if not self.admits(provider, bucket):
+            what = f"{provider}/{bucket}" if bucket else provider
+            raise ApiError(403, f"this client may not use {what}")
+
+
+@dataclass
+class PageSession:
+    csrf: str
+    expires: float
+
+
+class PageSessions:
+    """Browsers that opened a one-time link, and the links spent on them. Only in the
+    proxy's memory: a restart ends every session."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, PageSession] = {}  # by the cookie's digest
+        self._spent: dict[str, tuple[int, str]] = {}  # nonce -> (link expiry, session key)
+
+    def open(self, link: Link, now: float) -> tuple[str, PageSession]:
+        """Trade a link not used before for a new session: its cookie value and itself."""
+        self._prune(now)
+        spent = self._spent.get(link.nonce)
+        if spent is not None:
+            # Used twice: one of the two was not the user, so neither keeps the session.
+            self._sessions.pop(spent[1], None)
+            raise LinkError("this link was already used; the session it opened is now closed")
+        if len(self._spent) >= MAX_LINKS:
+            raise LinkError(f"too many links in the last {LINK_TTL // 60} minutes")
+        cookie = secrets.token_urlsafe(32)
+        key = _digest(cookie)
+        session = PageSession(secrets.token_urlsafe(32), now + SESSION_TTL)
+        self._spent[link.nonce] = (link.expires, key)
+        self._sessions[key] = session
+        while len(self._sessions) > MAX_SESSIONS:
+            del self._sessions[next(iter(self._sessions))]
+        return cookie, session
+
+    def find(self, cookie: str | None, now: float) -> PageSession | None:
+        session = self._sessions.get(_digest(cookie)) if cookie else None
+        return session if session is not None and session.expires > now else None
+
+    def _prune(self, now: float) -> None:
+        # A nonce need be remembered only until its link expires: verify() refuses it then.
+        self._spent = {n: v for n, v in self._spent.items() if v[0] > now}
+        self._sessions = {k: v for k, v in self._sessions.items() if v.expires > now}
+
+
+def _digest(cookie: str) -> str:
+    """Sessions are looked up by a digest, so the lookup's timing says nothing of the cookie."""
+    return hashlib.sha256(cookie.encode()).hexdigest()
+
+
+def take_credentials(req: http.Request) -> Given:
+    """What the request carries, leaving "(redacted)" in the flow mitmproxy shows and saves."""
+    headers = req.headers
+    link = req.query.get("t") if req.path.split("?", 1)[0] == LINK_PATH else None
+    given = Given(
+        secret=headers.get(SECRET_HEADER),
+        client=headers.get(CLIENT_HEADER),
+        csrf=headers.get(CSRF_HEADER),
+        cookie=req.cookies.get(COOKIE),
+        link=link,
+    )
+    for name in (SECRET_HEADER, CLIENT_HEADER, CSRF_HEADER, "cookie"):
+        if name in headers:
+            headers[name] = REDACTED
+    if link is not None:
+        req.path = f"{LINK_PATH}?t={REDACTED}"
+    return given
 
 
 # -- requests per bucket over time ------------------------------------------------------------
@@ -172,7 +288,7 @@ class History:
 # -- the addon --------------------------------------------------------------------------------
 
 
-Handler = Callable[[http.HTTPFlow, dict[str, str]], Awaitable[Reply]]
+Handler = Callable[[http.HTTPFlow, dict[str, str], Caller], Awaitable[Reply]]
 
 
 class Manage:
@@ -184,10 +300,12 @@ class Manage:
         self.injector: Injector = injector
         self.history = History()
         self.secret: str | None = None
+        self.sessions = PageSessions()
         self._secret_error: str | None = None
         self._page: dict[str, bytes] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._secret_task: asyncio.Task[Any] | None = None
+        # (method, path, handler, only the user's: not for clients of [clients.*])
         self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
             ("GET", re.compile(r"/api/auth/providers"), self._providers, False),
             ("GET", re.compile(r"/api/auth/status/(?P<provider>[^/]+)"), self._status, False),
@@ -200,7 +318,7 @@ class Manage:
                 "POST",
                 re.compile(r"/api/buckets/(?P<provider>[^/]+)/(?P<bucket>[^/]+)/reset"),
                 self._reset,
-                True,
+                False,
             ),
         ]
 
@@ -270,13 +388,14 @@ class Manage:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not self._ours(flow):
             return
+        given = take_credentials(flow.request)
         if not is_loopback_client(flow):
             flow.response = http.Response.make(403, _REMOTE, {"content-type": "text/plain"})
             return
         if flow.client_conn.tls_established:
             flow.request.scheme = "https"  # our TLS-only tunnel (see next_layer)
         try:
-            reply = await self._dispatch(flow)
+            reply = await self._dispatch(flow, given)
         except ApiError as exc:
             reply = _json({"error": exc.message, **exc.extra}, exc.status)
             if "allow" in exc.extra:
@@ -299,26 +418,29 @@ class Manage:
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    async def _dispatch(self, flow: http.HTTPFlow) -> Reply:
+    async def _dispatch(self, flow: http.HTTPFlow, given: Given) -> Reply:
         req = flow.request
         path = req.path.split("?", 1)[0]
         method = req.method.upper()
         if self._secret_task is not None and not self._secret_task.done():
             await asyncio.wait([self._secret_task], timeout=5)  # just started
+        if path == LINK_PATH:
+            return await self._open_link(flow, method, given)
         if not path.startswith("/api/"):
-            return await self._static(method, path)
+            return await self._static(method, path, given)
         self._check_origin(flow)
         allowed = []
-        for verb, pattern, handler, protected in self._routes:
+        for verb, pattern, handler, users_only in self._routes:
             m = pattern.fullmatch(path)
             if m is None:
                 continue
             allowed.append(verb)
             if verb != method and not (verb == "GET" and method == "HEAD"):
                 continue
-            if protected:
-                self._check_token(flow)
-            return await handler(flow, m.groupdict())
+            caller = self._caller(given, changing=verb != "GET")
+            if users_only and caller.client is not None:
+                raise ApiError(403, _USERS_ONLY)
+            return await handler(flow, m.groupdict(), caller)
         if allowed:
             raise ApiError(405, f"{method} is not allowed here", allow=allowed)
         raise ApiError(404, f"no such endpoint: {path}")
@@ -331,45 +453,74 @@ class Manage:
         if headers.get("sec-fetch-site", "").lower() == "cross-site":
             raise ApiError(403, "cross-site requests to keyswap.local are refused")
 
-    def _check_token(self, flow: http.HTTPFlow) -> None:
-        headers = flow.request.headers
-        if self.secret is None:
-            why = self._secret_error or "starting up"
-            raise ApiError(503, f"management is unavailable: {why}")
-        given_secret = headers.get(SECRET_HEADER)
-        given_csrf = headers.get(CSRF_HEADER)
-        # Keep the secrets out of flow dumps and mitmdump's output.
-        for name in (SECRET_HEADER, CSRF_HEADER):
-            if name in headers:
-                headers[name] = "(redacted)"
-        if given_secret and hmac.compare_digest(given_secret.encode(), self.secret.encode()):
-            return
-        if (
-            given_csrf
-            and headers.get("origin") in ORIGINS
-            and hmac.compare_digest(given_csrf.encode(), csrf_token(self.secret).encode())
+    def _caller(self, given: Given, changing: bool) -> Caller:
+        """Who asks, from the first credential present; a wrong one is never passed over."""
+        if given.secret is not None:
+            if self.secret is None:
+                raise ApiError(503, f"management is unavailable: {self._unavailable()}")
+            if hmac.compare_digest(given.secret.encode(), self.secret.encode()):
+                return Caller()
+            raise ApiError(
+                401, f"wrong {SECRET_HEADER}: send the contents of <keyswap data dir>/{SECRET_FILE}"
+            )
+        if given.client is not None:
+            config = self.injector.settings.config
+            client = _client(config, Placeholder(None, None, given.client))
+            if isinstance(client, ClientSettings):
+                return Caller(client)
+            why = "unknown client secret" if config.clients else "this proxy has no [clients.*]"
+            raise ApiError(401, f"{why} in {CLIENT_HEADER}")
+        session = self.sessions.find(given.cookie, time.time())
+        if session is None:
+            raise ApiError(401, _UNAUTHORIZED)
+        if changing and not (
+            given.csrf and hmac.compare_digest(given.csrf.encode(), session.csrf.encode())
         ):
-            return
-        raise ApiError(
-            403,
-            f"this call needs the {SECRET_HEADER} header (the contents of "
-            f"<keyswap data dir>/{SECRET_FILE}), or the status page's own token",
-        )
+            raise ApiError(403, "the status page's token is missing or stale; reload the page")
+        return Caller()
+
+    def _unavailable(self) -> str:
+        return self._secret_error or "starting up"
 
     # -- the page ----------------------------------------------------------------------------
 
-    async def _static(self, method: str, path: str) -> Reply:
+    async def _open_link(self, flow: http.HTTPFlow, method: str, given: Given) -> Reply:
+        """A one-time link from `python -m login page`: a session cookie, then the page (the
+        303 takes the token out of the address bar and the history)."""
+        if method != "GET":
+            raise ApiError(405, f"{method} is not allowed here", allow=["GET"])
+        if self.secret is None:
+            raise ApiError(503, f"management is unavailable: {self._unavailable()}")
+        now = time.time()
+        try:
+            cookie, _ = self.sessions.open(verify(self.secret, given.link or "", now), now)
+        except LinkError as exc:
+            log.info("keyswap: a status page link was refused: %s", exc)
+            return await self._notice(403, f"{exc}. {_GET_A_LINK}")
+        log.info("keyswap: the status page was opened with a one-time link")
+        secure = "; Secure" if flow.request.scheme == "https" else ""
+        attributes = f"Max-Age={SESSION_TTL}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        headers = {"location": "/", "set-cookie": f"{COOKIE}={cookie}; {attributes}"}
+        return Reply(303, b"", "text/plain; charset=utf-8", headers)
+
+    async def _static(self, method: str, path: str, given: Given) -> Reply:
         if method not in ("GET", "HEAD"):
             raise ApiError(405, f"{method} is not allowed here", allow=["GET"])
         if path in ("/", "/index.html"):
-            html = await self._file("index.html")
-            token = csrf_token(self.secret) if self.secret else ""
-            body = html.replace(b"{{csrf}}", token.encode())
-            return Reply(200, body, "text/html; charset=utf-8", {"content-security-policy": _CSP})
+            session = self.sessions.find(given.cookie, time.time())
+            if session is None:
+                return await self._notice(200, f"This page needs a one-time link. {_GET_A_LINK}")
+            page = await self._file("index.html")
+            return _html(200, page.replace(b"{{csrf}}", session.csrf.encode()))
         if path in _STATIC:
             name, content_type = _STATIC[path]
             return Reply(200, await self._file(name), content_type)
         return Reply(404, b"not found\n", "text/plain; charset=utf-8")
+
+    async def _notice(self, status: int, message: str) -> Reply:
+        """A page of one line (no script, nothing that grants anything)."""
+        page = await self._file("notice.html")
+        return _html(status, page.replace(b"{{message}}", html.escape(message).encode()))
 
     async def _file(self, name: str) -> bytes:
         found = self._page.get(name)
@@ -379,19 +530,21 @@ class Manage:
 
     # -- read-only endpoints -----------------------------------------------------------------
 
-    async def _providers(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+    async def _providers(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         entries = await self._entries()
+        providers = [p for p in _ordered() if caller.admits(p.name)]
         return _json(
             {
                 "now": time.time(),
-                "providers": [self._provider_json(p, entries) for p in _ordered()],
+                "providers": [self._provider_json(p, entries, caller) for p in providers],
             }
         )
 
-    async def _status(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+    async def _status(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         p = _provider(args["provider"])
+        caller.require(p.name)
         entries = await self._entries(p.name)
-        return _json({"now": time.time(), **self._provider_json(p, entries)})
+        return _json({"now": time.time(), **self._provider_json(p, entries, caller)})
 
     async def _entries(self, provider: str | None = None) -> list[Entry]:
         tokens = self.injector.tokens
@@ -400,17 +553,20 @@ class Manage:
         except KeyswapError as exc:
             raise ApiError(503, f"cannot read the token store: {exc}") from None
 
-    def _provider_json(self, p: Provider, entries: list[Entry]) -> dict[str, Any]:
+    def _provider_json(self, p: Provider, entries: list[Entry], caller: Caller) -> dict[str, Any]:
         config = self.injector.settings.config
         settings = config.provider(p.name)
         stored = {e.bucket: e for e in entries if e.provider == p.name}
         configured = list(settings.buckets or [])
         names = configured + sorted(b for b in stored if b not in configured)
+        names = [b for b in names if caller.admits(p.name, b)]
         shown = time.time() - FINISHED_SHOWN
+        # A running login's code or sign-in URL would let whoever sees it choose the account
+        # that gets the user's traffic: the user's alone.
         sessions = [
             s.public()
             for (prov, _), s in self.injector.logins.sessions.items()
-            if prov == p.name and (s.ended is None or s.ended > shown)
+            if prov == p.name and (s.ended is None or s.ended > shown) and caller.client is None
         ]
         return {
             "name": p.name,
@@ -420,26 +576,28 @@ class Manage:
             "enabled": settings.enabled is not False,
             "strategy": settings.strategy or config.proxy.strategy,
             "buckets": [
-                self._bucket_json(p.name, b, stored.get(b), b in configured) for b in names
+                self._bucket_json(p.name, b, stored.get(b), b in configured, caller) for b in names
             ],
             "logins": sorted(sessions, key=lambda s: float(s["started"])),
         }
 
     def _bucket_json(
-        self, provider: str, bucket: str, entry: Entry | None, configured: bool
+        self, provider: str, bucket: str, entry: Entry | None, configured: bool, caller: Caller
     ) -> dict[str, Any]:
         rotation = self.injector.rotation
         now = time.time()
         until = rotation.cooling_until(provider, bucket)
         served, limited = rotation.served[provider, bucket], rotation.limited[provider, bucket]
         expires_at = entry.expires_at if entry else None
+        # Whose account it is, and the store's own words about it, are the user's to see.
+        private = caller.client is None
         return {
             "bucket": bucket,
             "stored": entry is not None,
             "configured": configured,
             "state": entry.state if entry else "needs-login",
-            "account": entry.account if entry else None,
-            "detail": entry.detail if entry else "not logged in",
+            "account": entry.account if entry and private else None,
+            "detail": (entry.detail if private else None) if entry else "not logged in",
             # Which models the config lets this bucket serve (None: any).
             "models": getattr(entry, "models", None),
             "exclude_models": getattr(entry, "exclude_models", None) or [],
@@ -452,9 +610,10 @@ class Manage:
             "history": self.history.series((provider, bucket), served, limited),
         }
 
-    async def _models(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+    async def _models(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         p = _provider(args["provider"])
         bucket = _bucket(flow)
+        caller.require(p.name, bucket)
         out: dict[str, Any] = {"provider": p.name, "bucket": bucket}
         if isinstance(p, GoogleProvider):
             # Code Assist has no listing keyswap can rely on: what keyswap itself serves.
@@ -491,7 +650,7 @@ class Manage:
 
     # -- state-changing endpoints ------------------------------------------------------------
 
-    async def _login(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+    async def _login(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         p = _provider(args["provider"])
         session = await self.injector.logins.start(p, _bucket(flow), replace=True)
         ready = asyncio.ensure_future(session.ready.wait())
@@ -511,7 +670,7 @@ class Manage:
             raise ApiError(409, f"no {p.name} login is running for that bucket")
         return session
 
-    async def _paste(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+    async def _paste(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         session = self._session(flow, args["provider"])
         if session.provider.flow != "auth_code":
             raise ApiError(409, f"{session.provider.title} logins take no pasted code")
@@ -528,12 +687,12 @@ class Manage:
             await asyncio.sleep(0.05)
         return _json({"login": session.public()})
 
-    async def _cancel(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+    async def _cancel(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         session = self._session(flow, args["provider"])
         await self.injector.logins.cancel(session)
         return _json({"login": session.public()})
 
-    async def _logout(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+    async def _logout(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         p = _provider(args["provider"])
         tokens = self.injector.tokens
         if _query(flow).get("all") in ("1", "true", "yes"):
@@ -555,11 +714,12 @@ class Manage:
         log.info("keyswap: logged out %s/%s from the status page", p.name, ",".join(removed))
         return _json({"provider": p.name, "removed": removed})
 
-    async def _reset(self, flow: http.HTTPFlow, args: dict[str, str]) -> Reply:
+    async def _reset(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         p = _provider(args["provider"])
         bucket = args["bucket"]
         if not _BUCKET.match(bucket):
             raise ApiError(400, f"{bucket!r} is not a bucket name")
+        caller.require(p.name, bucket)
         was = self.injector.rotation.cooling_until(p.name, bucket)
         self.injector.rotation.reset(p.name, bucket)
         return _json({"provider": p.name, "bucket": bucket, "was_cooling_until": was})
@@ -568,6 +728,18 @@ class Manage:
 # -- helpers ----------------------------------------------------------------------------------
 
 _REMOTE = b"keyswap.local answers only clients on this machine\n"
+_GET_A_LINK = (
+    "Run `python -m login page` and open the link it prints in a browser that uses the proxy."
+)
+_UNAUTHORIZED = (
+    "keyswap.local needs authorization: open the page with the link `python -m login page` "
+    f"prints, or send {SECRET_HEADER} (the contents of <keyswap data dir>/{SECRET_FILE}), or a "
+    f"[clients.*] secret in {CLIENT_HEADER}"
+)
+_USERS_ONLY = (
+    "logging in and out, pasting and cancelling are the user's, not a client's "
+    f"(a {CLIENT_HEADER} may read and reset its own buckets)"
+)
 _ORDER = ("copilot", "codex", "anthropic", "gemini", "antigravity")
 
 

@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("provider", type=_provider)
     p.add_argument("bucket", nargs="?", default=DEFAULT_BUCKET, type=_bucket)
     p.set_defaults(run=_refresh)
+
+    from .page import add_parser as add_page
+
+    add_page(sub)
     return parser
 
 

@@ -10,12 +10,11 @@ from urllib.parse import urlsplit
 import httpx
 
 from .config import is_loopback_host
-from .errors import LoginError
+from .errors import KeyswapError, LoginError
+from .page import PAGE, manage_secret
 from .providers import PROVIDERS
-from .store.paths import MANAGE_SECRET, data_dir
 from .ui import Console
 
-PAGE = "http://keyswap.local"
 _POLL = 0.5
 
 
@@ -28,25 +27,20 @@ def _proxy() -> str:
     return "http://127.0.0.1:8080"
 
 
-def _secret() -> str | None:
-    try:
-        return (data_dir() / MANAGE_SECRET).read_text().strip() or None
-    except OSError:
-        return None
-
-
 async def delegate(provider: str, bucket: str, ui: Console, timeout: float) -> str | None:
     """Run the login through the proxy. None: no keyswap proxy of this user is running (the
     caller logs in itself); else the account name ("" if unknown)."""
-    secret = _secret()
-    if secret is None:
-        return None
+    try:
+        secret = manage_secret()
+    except KeyswapError:
+        return None  # no proxy of this user has run, or its secret is unusable
+    # Every call carries the secret: the API answers nothing without it.
     headers = {"X-Keyswap-Secret": secret}
-    async with httpx.AsyncClient(proxy=_proxy(), trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(
+        proxy=_proxy(), trust_env=False, timeout=10, headers=headers
+    ) as client:
         try:
-            resp = await client.post(
-                f"{PAGE}/api/auth/login/{provider}", params={"bucket": bucket}, headers=headers
-            )
+            resp = await client.post(f"{PAGE}/api/auth/login/{provider}", params={"bucket": bucket})
         except httpx.TransportError:
             return None
         if resp.status_code in (401, 403, 404, 407) or "login" not in resp.text:
@@ -54,30 +48,30 @@ async def delegate(provider: str, bucket: str, ui: Console, timeout: float) -> s
         login = resp.json()["login"]
         if login["state"] == "failed":
             raise LoginError(login.get("error") or "the login failed")
-        ui.step("The running keyswap proxy handles this sign-in (see http://keyswap.local/)")
+        ui.step(
+            "The running keyswap proxy handles this sign-in "
+            "(`python -m login page` opens its status page)"
+        )
         if login.get("authorize_url"):
             ui.authorize_url(login["authorize_url"], PROVIDERS[provider].title, login["listening"])
-        pasting = asyncio.ensure_future(_forward_pastes(client, provider, bucket, headers, ui))
+        pasting = asyncio.ensure_future(_forward_pastes(client, provider, bucket, ui))
         try:
             return await asyncio.wait_for(_outcome(client, provider, login["id"]), timeout)
         except TimeoutError:
-            await client.post(
-                f"{PAGE}/api/auth/cancel/{provider}", params={"bucket": bucket}, headers=headers
-            )
+            await client.post(f"{PAGE}/api/auth/cancel/{provider}", params={"bucket": bucket})
             raise LoginError(f"no authorization arrived within {int(timeout)} s") from None
         finally:
             pasting.cancel()
 
 
 async def _forward_pastes(
-    client: httpx.AsyncClient, provider: str, bucket: str, headers: dict[str, str], ui: Console
+    client: httpx.AsyncClient, provider: str, bucket: str, ui: Console
 ) -> None:
     async for line in ui.pasted():
         if line.strip():
             await client.post(
                 f"{PAGE}/api/auth/paste/{provider}",
                 params={"bucket": bucket},
-                headers=headers,
                 json={"code": line.strip()},
             )
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from login.page import mint
 from login.providers import PROVIDERS
 from tests.conftest import User
 from tests.e2e import Stack, stack
@@ -22,6 +23,7 @@ from tests.proxy import Mitmdump, base_env
 
 BASE = "http://keyswap.local"
 _CODE = re.compile(r'<code id="auth-code">([^<]+)</code>')
+_CSRF = re.compile(r'name="keyswap-csrf" content="([^"]+)"')
 
 
 @pytest.fixture
@@ -31,9 +33,11 @@ def s(user: User, tmp_path: Path) -> Iterator[Stack]:
         yield st
 
 
-def client(proxy: Mitmdump) -> httpx.Client:
+def client(proxy: Mitmdump, user: User | None = None) -> httpx.Client:
+    """A client of the proxy; with `user`, one that sends that user's management secret."""
     verify = ssl.create_default_context(cafile=proxy.ca)
-    return httpx.Client(proxy=proxy.url, verify=verify, timeout=30)
+    headers = auth(user) if user is not None else None
+    return httpx.Client(proxy=proxy.url, verify=verify, timeout=30, headers=headers)
 
 
 def secret(user: User) -> str:
@@ -48,6 +52,25 @@ def secret(user: User) -> str:
 
 def auth(user: User) -> dict[str, str]:
     return {"X-Keyswap-Secret": secret(user)}
+
+
+def page_link(user: User) -> str:
+    """A one-time link to the page, as `python -m login page` prints it."""
+    secret(user)  # the proxy has written the secret the CLI signs with
+    res = user.run("page", "--no-browser")
+    assert res.code == 0, res.err
+    return res.out.strip()
+
+
+def page_session(c: httpx.Client, user: User) -> tuple[dict[str, str], str]:
+    """What a browser holds after opening the link: the session cookie (as a header) and the
+    page's CSRF token."""
+    opened = c.get(page_link(user))
+    assert opened.status_code == 303, opened.text
+    c.cookies.clear()  # sent explicitly, so that a test can also leave it out
+    jar = {"Cookie": opened.headers["set-cookie"].split(";", 1)[0]}
+    page = c.get(f"{BASE}/", headers=jar).text
+    return jar, _CSRF.search(page).group(1)  # type: ignore[union-attr]
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
@@ -84,7 +107,7 @@ def test_providers_lists_everything_and_never_a_token(s: Stack) -> None:
     s.login_anthropic("work")
     secrets = [*s.stored("copilot", "default").values(), *s.stored("anthropic", "work").values()]
     assert s.token("copilot", "default") in secrets
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         listing = c.get(f"{BASE}/api/auth/providers")
         status = c.get(f"{BASE}/api/auth/status/copilot")
         models = c.get(f"{BASE}/api/auth/models/copilot")
@@ -115,10 +138,12 @@ def test_providers_lists_everything_and_never_a_token(s: Stack) -> None:
 
 
 def test_https_keyswap_local_works_too(s: Stack) -> None:
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         api = c.get("https://keyswap.local/api/auth/providers")
         page = c.get("https://keyswap.local/")
+        opened = c.get(f"https://keyswap.local/auth?t={mint(secret(s.user))}")
     assert api.status_code == 200 and len(api.json()["providers"]) == len(PROVIDERS)
+    assert opened.status_code == 303 and "; Secure" in opened.headers["set-cookie"]
     assert page.status_code == 200 and "<title>keyswap</title>" in page.text
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "Name or service not known" not in proxy.output, "keyswap.local was never dialled"
@@ -134,7 +159,7 @@ def test_https_with_eager_connections(s: Stack) -> None:
         upstream_ca=s.ca_pem,
     )
     proxy.argv[proxy.argv.index("connection_strategy=lazy")] = "connection_strategy=eager"
-    with proxy, client(proxy) as c:
+    with proxy, client(proxy, s.user) as c:
         resp = c.get("https://keyswap.local/api/auth/status/copilot")
     assert resp.status_code == 200 and resp.json()["name"] == "copilot"
     assert "establishing server connection" not in proxy.output
@@ -142,7 +167,7 @@ def test_https_with_eager_connections(s: Stack) -> None:
 
 def test_models(s: Stack) -> None:
     s.login_copilot()
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         copilot = c.get(f"{BASE}/api/auth/models/copilot")
         gemini = c.get(f"{BASE}/api/auth/models/gemini")
         anthropic = c.get(f"{BASE}/api/auth/models/anthropic")
@@ -163,7 +188,7 @@ def test_models(s: Stack) -> None:
 
 
 def test_device_login_through_the_api(s: Stack) -> None:
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         resp = c.post(f"{BASE}/api/auth/login/copilot?bucket=work", headers=auth(s.user))
         assert resp.status_code == 200, resp.text
         login = resp.json()["login"]
@@ -188,7 +213,7 @@ def test_device_login_through_the_api(s: Stack) -> None:
 def test_logout(s: Stack) -> None:
     s.login_copilot()
     s.login_copilot("second")
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         resp = c.post(f"{BASE}/api/auth/logout/copilot?bucket=second", headers=auth(s.user))
         assert resp.status_code == 200 and resp.json()["removed"] == ["second"]
         names = [b["bucket"] for b in c.get(f"{BASE}/api/auth/status/copilot").json()["buckets"]]
@@ -203,7 +228,7 @@ def test_logout(s: Stack) -> None:
 
 def test_paste_login_through_the_api(s: Stack) -> None:
     """Anthropic shows a code#state to paste: the page's paste box feeds it to the flow."""
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         resp = c.post(f"{BASE}/api/auth/login/anthropic", headers=auth(s.user))
         assert resp.status_code == 200, resp.text
         login = resp.json()["login"]
@@ -224,7 +249,7 @@ def test_paste_login_through_the_api(s: Stack) -> None:
 
 def test_loopback_callback_runs_in_the_addon(s: Stack) -> None:
     """Codex's browser sign-in comes back to a loopback listener inside the proxy."""
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         resp = c.post(f"{BASE}/api/auth/login/codex?bucket=me", headers=auth(s.user))
         login = resp.json()["login"]
         assert login["listening"] is True, resp.text
@@ -240,7 +265,7 @@ def test_loopback_callback_runs_in_the_addon(s: Stack) -> None:
 
 
 def test_a_new_login_replaces_a_running_one_and_cancel_stops_it(s: Stack) -> None:
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         first = c.post(f"{BASE}/api/auth/login/codex", headers=auth(s.user)).json()["login"]
         second = c.post(f"{BASE}/api/auth/login/codex", headers=auth(s.user)).json()["login"]
         assert second["listening"], "the first login freed the callback port"
@@ -261,7 +286,7 @@ def test_a_new_login_replaces_a_running_one_and_cancel_stops_it(s: Stack) -> Non
 def test_reset_clears_a_cooldown(s: Stack) -> None:
     token = s.login_copilot()
     s.api.rate_limit("copilot", token=token, seconds=120)
-    with s.proxy() as proxy, client(proxy) as c:
+    with s.proxy() as proxy, client(proxy, s.user) as c:
         assert copilot_chat(proxy, "oauth:copilot").status_code == 429
         resting = bucket(c, "copilot", "default")
         assert resting is not None
@@ -280,11 +305,11 @@ def test_reset_clears_a_cooldown(s: Stack) -> None:
 def test_cross_site_and_unauthenticated_calls_are_refused(s: Stack) -> None:
     s.login_copilot()
     with s.proxy() as proxy, client(proxy) as c:
-        page = c.get(f"{BASE}/").text
-        csrf = re.search(r'name="keyswap-csrf" content="([0-9a-f]{64})"', page).group(1)
+        jar, csrf = page_session(c, s.user)
+        page = c.get(f"{BASE}/", headers=jar).text
         logout = f"{BASE}/api/auth/logout/copilot"
-        evil = {"Origin": "https://evil.example"}
-        attempts = {
+        evil = {"Origin": "https://evil.example", **jar}
+        refused = {
             "cross-site": c.post(logout, headers=evil),
             "cross-site form": c.post(
                 logout,
@@ -297,24 +322,31 @@ def test_cross_site_and_unauthenticated_calls_are_refused(s: Stack) -> None:
             "cross-site with the secret": c.post(logout, headers={**evil, **auth(s.user)}),
             "cross-site login": c.post(f"{BASE}/api/auth/login/copilot", headers=evil),
             "cross-site reset": c.post(f"{BASE}/api/buckets/copilot/default/reset", headers=evil),
-            "no credentials": c.post(logout),
-            "wrong secret": c.post(logout, headers={"X-Keyswap-Secret": "x" * 43}),
-            "page token without Origin": c.post(logout, headers={"X-Keyswap-CSRF": csrf}),
+            "session without its token": c.post(logout, headers=jar),
             "sec-fetch-site": c.post(
                 logout, headers={**auth(s.user), "Sec-Fetch-Site": "cross-site"}
             ),
             "cross-site read": c.get(f"{BASE}/api/auth/providers", headers=evil),
         }
-        for what, resp in attempts.items():
-            assert resp.status_code == 403, what
+        unauthenticated = {
+            "no credentials": c.post(logout),
+            "wrong secret": c.post(logout, headers={"X-Keyswap-Secret": "x" * 43}),
+            "page token without the session": c.post(logout, headers={"X-Keyswap-CSRF": csrf}),
+            "a session the proxy never made": c.post(
+                logout, headers={"Cookie": "keyswap_session=x", "X-Keyswap-CSRF": csrf}
+            ),
+        }
+        for what, resp in [*refused.items(), *unauthenticated.items()]:
+            assert resp.status_code == (403 if what in refused else 401), what
             assert "access-control-allow-origin" not in resp.headers, what
         preflight = c.request("OPTIONS", logout, headers=evil)
         assert "access-control-allow-origin" not in preflight.headers
-        assert bucket(c, "copilot", "default") is not None, "still logged in"
+        with client(proxy, s.user) as owner:
+            assert bucket(owner, "copilot", "default") is not None, "still logged in"
         wrong_method = c.get(f"{BASE}/api/auth/logout/copilot")
         assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
-        # The page itself: same origin plus its token.
-        same = c.post(logout, headers={"Origin": BASE, "X-Keyswap-CSRF": csrf})
+        # The page itself: its session plus its token.
+        same = c.post(logout, headers={**jar, "Origin": BASE, "X-Keyswap-CSRF": csrf})
         assert same.status_code == 200, same.text
     assert secret(s.user) not in proxy.output
     assert secret(s.user) not in page
@@ -352,7 +384,7 @@ def test_only_clients_on_this_machine(s: Stack) -> None:
 def test_load_secret_agrees_across_concurrent_starts(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from addon.manage import csrf_token, load_secret
+    from addon.manage import load_secret
 
     directory = tmp_path / "keyswap"
     with ThreadPoolExecutor(8) as pool:
@@ -362,7 +394,166 @@ def test_load_secret_agrees_across_concurrent_starts(tmp_path: Path) -> None:
     assert len(value) >= 40 and value == load_secret(directory)
     assert stat.S_IMODE((directory / "manage.secret").stat().st_mode) == 0o600
     assert [p.name for p in directory.iterdir()] == ["manage.secret"], "no temp files left"
-    assert csrf_token(value) != value and len(csrf_token(value)) == 64
     (directory / "manage.secret").write_text("short\n")
     replaced = load_secret(directory)
     assert replaced != value and len(replaced) >= 40
+
+
+# -- who may do what: nothing a local program can fetch grants control ------------------------
+
+
+def test_a_scraped_page_with_a_forged_origin_changes_nothing(s: Stack) -> None:
+    """Any program on this machine can fetch the page and set any Origin: neither may grant
+    it anything. Without the secret, a page session or a client secret, the API says 401."""
+    token = s.login_copilot()
+    s.api.rate_limit("copilot", token=token, seconds=120)
+    with s.proxy() as proxy, client(proxy) as c:
+        assert copilot_chat(proxy, "oauth:copilot").status_code == 429  # copilot/default rests
+        page = c.get(f"{BASE}/")
+        found = _CSRF.search(page.text)
+        forged = {"Origin": BASE, "X-Keyswap-CSRF": found.group(1) if found else "0" * 64}
+        attempts = {
+            "logout": c.post(f"{BASE}/api/auth/logout/copilot", headers=forged),
+            "login": c.post(f"{BASE}/api/auth/login/codex", headers=forged),
+            "paste": c.post(
+                f"{BASE}/api/auth/paste/anthropic", headers=forged, json={"code": "a#b"}
+            ),
+            "cancel": c.post(f"{BASE}/api/auth/cancel/codex", headers=forged),
+            "reset": c.post(f"{BASE}/api/buckets/copilot/default/reset", headers=forged),
+            "read": c.get(f"{BASE}/api/auth/providers", headers=forged),
+        }
+        for what, resp in attempts.items():
+            assert resp.status_code == 401, (what, resp.text)
+            assert "python -m login page" in resp.json()["error"], what
+        view = c.get(f"{BASE}/api/auth/status/copilot", headers=auth(s.user)).json()
+        codex = c.get(f"{BASE}/api/auth/status/codex", headers=auth(s.user)).json()
+    # The page without a session says what to do and carries nothing that grants anything.
+    assert page.status_code == 200 and "python -m login page" in page.text
+    assert found is None and "set-cookie" not in page.headers
+    [default] = view["buckets"]
+    assert default["state"] == "valid", "still logged in"
+    assert default["cooling_until"], "still resting"
+    assert codex["logins"] == [], "no login was started"
+
+
+def test_the_one_time_link_opens_a_session_once(s: Stack) -> None:
+    s.login_copilot()
+    with s.proxy("--set", "flow_detail=2") as proxy, client(proxy) as c:
+        url = page_link(s.user)
+        assert url.startswith(f"{BASE}/auth?t=")
+        opened = c.get(url)
+        assert opened.status_code == 303 and opened.headers["location"] == "/"
+        cookie = opened.headers["set-cookie"]
+        c.cookies.clear()  # sent explicitly below, so that it can also be left out
+        value = cookie.split(";", 1)[0].split("=", 1)[1]
+        flags = {f.strip().lower() for f in cookie.split(";")[1:]}
+        assert {"httponly", "samesite=strict", "path=/"} <= flags
+        assert "secure" not in flags, "plain http: a Secure cookie would never come back"
+        jar = {"Cookie": f"keyswap_session={value}"}
+        page = c.get(f"{BASE}/", headers=jar)
+        csrf = _CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+        view = c.get(f"{BASE}/api/auth/status/copilot", headers=jar)
+        assert view.status_code == 200 and view.json()["buckets"][0]["account"] == "octocat"
+        reset = f"{BASE}/api/buckets/copilot/default/reset"
+        # State changes need the session and the CSRF token bound to it, together.
+        assert c.post(reset, headers=jar).status_code == 403
+        assert c.post(reset, headers={**jar, "X-Keyswap-CSRF": "0" * len(csrf)}).status_code == 403
+        assert c.post(reset, headers={"Origin": BASE, "X-Keyswap-CSRF": csrf}).status_code == 401
+        same = c.post(reset, headers={**jar, "Origin": BASE, "X-Keyswap-CSRF": csrf})
+        assert same.status_code == 200, same.text
+        # A second use is refused, and closes the session the first one opened: one of the
+        # two was not the user.
+        again = c.get(url)
+        assert again.status_code == 403 and "already used" in again.text
+        assert "set-cookie" not in again.headers
+        assert c.get(f"{BASE}/api/auth/providers", headers=jar).status_code == 401
+    token = url.split("t=", 1)[1]
+    assert token not in proxy.output and csrf not in proxy.output
+    assert "keyswap.local/auth?t=(redacted)" in proxy.output
+    # mitmproxy shows what it sends, so the one answer that sets the cookie shows it at
+    # flow_detail 2; every request that carries it is redacted.
+    assert proxy.output.count(value) <= 1
+
+
+def test_expired_tampered_and_foreign_links_are_refused(s: Stack) -> None:
+    from login.page import link_url
+
+    with s.proxy() as proxy, client(proxy) as c:
+        key = secret(s.user)
+        good = mint(key)
+        expires, nonce, mac = good.split(".")
+        other = "B" if nonce[-1] == "A" else "A"
+        cases = {
+            "expired": mint(key, now=time.time() - 600),
+            "tampered expiry": f"{int(expires) + 60}.{nonce}.{mac}",
+            "tampered nonce": f"{expires}.{nonce[:-1]}{other}.{mac}",
+            "another install's": mint("y" * 43),
+            "too long-lived": mint(key, ttl=86_400),
+            "garbage": "not-a-link",
+            "empty": "",
+        }
+        for what, token in cases.items():
+            resp = c.get(link_url(token))
+            assert resp.status_code == 403, what
+            assert "set-cookie" not in resp.headers, what
+            assert "python -m login page" in resp.text, what
+        assert c.get(link_url(good)).status_code == 303, "a good link still works"
+    assert proxy.output
+
+
+def test_a_client_sees_and_resets_only_what_its_allow_admits(s: Stack) -> None:
+    agent, other = "agent-secret-0123456789", "other-secret-0123456789"
+    s.configure(
+        f'[clients.agent]\nsecret = "{agent}"\nallow = ["copilot:work"]\n\n'
+        f'[clients.other]\nsecret = "{other}"\nallow = ["copilot:home"]\n'
+    )
+    s.oauth.anthropic_email = "owner@private.example"
+    s.login_copilot("work")
+    home = s.login_copilot("home")
+    s.login_anthropic("me")
+    s.api.rate_limit("copilot", token=home, seconds=120)
+    with s.proxy("--set", "flow_detail=2") as proxy, client(proxy) as c:
+        assert copilot_chat(proxy, f"oauth:copilot#{other}").status_code == 429  # home rests
+        # A login is running: its code is the user's, never a client's to see.
+        started = c.post(f"{BASE}/api/auth/login/copilot?bucket=new", headers=auth(s.user))
+        user_code = started.json()["login"]["user_code"]
+        me = {"X-Keyswap-Client": agent}
+        listing = c.get(f"{BASE}/api/auth/providers", headers=me)
+        status = c.get(f"{BASE}/api/auth/status/copilot", headers=me)
+        hidden = c.get(f"{BASE}/api/auth/status/anthropic", headers=me)
+        foreign_reset = c.post(f"{BASE}/api/buckets/copilot/home/reset", headers=me)
+        own_reset = c.post(f"{BASE}/api/buckets/copilot/work/reset", headers=me)
+        users_own = {
+            "login": c.post(f"{BASE}/api/auth/login/copilot?bucket=work", headers=me),
+            "logout": c.post(f"{BASE}/api/auth/logout/copilot?bucket=work", headers=me),
+            "paste": c.post(f"{BASE}/api/auth/paste/copilot", headers=me, json={"code": "x"}),
+            "cancel": c.post(f"{BASE}/api/auth/cancel/copilot?bucket=new", headers=me),
+        }
+        stranger = c.get(f"{BASE}/api/auth/providers", headers={"X-Keyswap-Client": "x" * 24})
+        # The secret still sees everything.
+        full = c.get(f"{BASE}/api/auth/providers", headers=auth(s.user))
+    assert listing.status_code == 200, listing.text
+    [copilot] = listing.json()["providers"]
+    assert copilot["name"] == "copilot" and [b["bucket"] for b in copilot["buckets"]] == ["work"]
+    assert copilot["buckets"][0]["state"] == "valid" and copilot["logins"] == []
+    for resp in (listing, status):
+        assert "owner@private.example" not in resp.text and "octocat" not in resp.text
+        assert user_code not in resp.text and "home" not in resp.text
+    assert [b["bucket"] for b in status.json()["buckets"]] == ["work"]
+    assert hidden.status_code == 403 and "may not use anthropic" in hidden.text
+    assert foreign_reset.status_code == 403 and own_reset.status_code == 200
+    for what, resp in users_own.items():
+        assert resp.status_code == 403 and "user's" in resp.json()["error"], what
+    everyone = {p["name"]: p for p in full.json()["providers"]}
+    assert stranger.status_code == 401 and "unknown client secret" in stranger.text
+    assert [b["account"] for b in everyone["anthropic"]["buckets"]] == ["owner@private.example"]
+    assert {b["bucket"] for b in everyone["copilot"]["buckets"]} == {"home", "work"}
+    copilot_home = [b for b in everyone["copilot"]["buckets"] if b["bucket"] == "home"]
+    assert copilot_home[0]["cooling_until"], "the foreign bucket still rests"
+    assert agent not in proxy.output and other not in proxy.output
+
+
+def test_page_link_needs_the_secret_the_proxy_writes(user: User) -> None:
+    res = user.run("page", "--no-browser")
+    assert res.code == 1 and res.out == ""
+    assert "no management secret" in res.err and "start the proxy once" in res.err

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import ROOT, User
 from tests.e2e import Stack, stack
 from tests.proxy import Mitmdump
+from tests.test_manage import page_link
 
 CHROMIUM = os.environ.get("KEYSWAP_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -94,7 +95,15 @@ def test_device_login_reset_and_logout_in_the_browser(s: Stack, tmp_path: Path) 
 
             page.on("console", console)
             page.on("pageerror", lambda exc: problems.append(str(exc)))
+            # Without a session the page only says how to get one.
             page.goto("http://keyswap.local/")
+            expect(page.locator("main")).to_contain_text("python -m login page")
+            expect(page.get_by_role("heading", name="GitHub Copilot")).to_have_count(0)
+
+            # The one-time link: a session cookie, then the page with the token gone.
+            one_time = page_link(s.user)
+            page.goto(one_time)
+            expect(page).to_have_url("http://keyswap.local/")
             expect(page).to_have_title("keyswap")
             expect(page.get_by_role("heading", name="GitHub Copilot")).to_be_visible()
             anthropic = page.locator("section#p-anthropic")
@@ -154,10 +163,20 @@ def test_device_login_reset_and_logout_in_the_browser(s: Stack, tmp_path: Path) 
             anthropic.get_by_role("button", name="Submit").click()
             second = anthropic.locator('tr[data-bucket="second"] .badge')
             expect(second).to_have_text("valid", timeout=15_000)
+            assert problems == [], problems
+
+            # The link again (say someone else read it): refused, and the session it
+            # opened is closed, so the page it opened says so at its next poll.
+            again = browser.new_page()
+            again.goto(one_time)
+            expect(again.locator("main")).to_contain_text("already used")
+            expect(page.locator("#problem")).to_contain_text("python -m login page")
+            again.goto("http://keyswap.local/")
+            expect(again.locator("main")).to_contain_text("needs a one-time link")
         finally:
             browser.close()
-    assert problems == [], problems
     assert shot.stat().st_size > 10_000
     assert s.token("anthropic", "work") not in proxy.output
     assert pasted not in proxy.output
+    assert one_time.split("t=", 1)[1] not in proxy.output
     shutil.copy(tmp_path / "paste-login.png", ARTIFACTS / "paste-login.png")

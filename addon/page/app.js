@@ -1,5 +1,7 @@
 // keyswap status page: polls /api/auth/providers and drives logins, logouts and resets.
 // Plain DOM, no build step. Elements are kept between polls so focus and typing survive.
+// Its authority is the HttpOnly session cookie (from `python -m login page`'s one-time link)
+// plus the CSRF token below, which is bound to that session and sent on every change.
 "use strict";
 
 const CSRF = document.querySelector('meta[name="keyswap-csrf"]').content;
@@ -77,7 +79,11 @@ async function api(method, path, body) {
   const resp = await fetch(path, options);
   let data = null;
   try { data = await resp.json(); } catch { /* not JSON */ }
-  if (!resp.ok) throw new Error((data && data.error) || `HTTP ${resp.status}`);
+  if (!resp.ok) {
+    const error = new Error((data && data.error) || `HTTP ${resp.status}`);
+    error.status = resp.status;
+    throw error;
+  }
   return data;
 }
 
@@ -121,7 +127,10 @@ async function refresh() {
   } catch (err) {
     updated.textContent = "Not updating";
     updated.classList.add("stale");
-    problem.textContent = `Cannot reach keyswap: ${err.message}. Is the proxy running?`;
+    // 401: this browser's session ended (the proxy restarted, or the link was used twice).
+    problem.textContent = err.status === 401
+      ? "This page's session has ended. Run `python -m login page` for a new link."
+      : `Cannot reach keyswap: ${err.message}. Is the proxy running?`;
     problem.hidden = false;
   }
   timer = setTimeout(refresh, loginActive ? 1000 : 3000);
