@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
 import time
+import unicodedata
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from addon.outbound import Target
 from addon.placeholder import parse
 from login.config import load_config
 from login.credential import Credential
-from login.errors import ConfigError
+from login.errors import ClientError, ConfigError
+from login.providers import PROVIDERS
+from login.providers.base import Route
+from login.providers.paths import checked_path
 from login.providers.streams import MapSSE, SSESplitter, SSEToJSONArray
 from login.store.files import FileStore
 
@@ -90,6 +97,123 @@ def test_reshapers_survive_garbage(data: bytes, cuts: list[int]) -> None:
     for reshaper in (MapSSE(lambda o: o), SSEToJSONArray(lambda o: o)):
         out = b"".join(reshaper.feed(c) for c in chunks) + reshaper.end()
         assert isinstance(out, bytes)
+
+
+# -- hostile request paths --------------------------------------------------------------------
+
+# Pieces an attacker builds paths from: dot segments plain, encoded, double-encoded, overlong
+# and full-width; encoded and back slashes; `;` parameters; empty segments.
+_PIECES = [
+    "v1",
+    "responses",
+    "models",
+    "backend-api",
+    "codex",
+    "files",
+    "gemini-2.5-pro:countTokens",
+    "",
+    ".",
+    "..",
+    "...",
+    "%2e",
+    "%2E",
+    "%2e%2e",
+    "%2E%2e",
+    ".%2e",
+    "%2e.",
+    "..;",
+    "..;x=1",
+    ";",
+    "%2f",
+    "%2F",
+    "%5c",
+    "%5C",
+    "\\",
+    "..%2f",
+    "..%5c",
+    "%252e%252e",
+    "%25252e",
+    "%c0%ae",
+    "%ef%bc%8e%ef%bc%8e",
+    "%e2%80%a5",
+    "..%00",
+    "%00",
+    "%20..",
+    "..%20",
+    "%41",
+    "%",
+    "%zz",
+    "?",
+    "#",
+    " ",
+    "\t",
+    "é",
+]
+_ROUTES = [
+    (route, host, prefix)
+    for provider in PROVIDERS.values()
+    for route in provider.routes
+    for host in route.hosts[:1]
+    for prefix in route.prefixes
+]
+
+
+def _readings(path: str) -> set[str]:
+    """What servers might make of a path: decoded up to three times, `\\` as `/`, Unicode
+    folded (NFKC), `//` collapsed."""
+    found, text = set(), path
+    for _ in range(4):
+        for variant in (text, text.replace("\\", "/")):
+            found |= {variant, unicodedata.normalize("NFKC", variant)}
+        text = unquote(text, errors="replace")
+    return found | {re.sub("/+", "/", r) for r in found}
+
+
+def _resolved(path: str) -> str:
+    """RFC 3986 remove_dot_segments, also for `..;params` and all-dot names."""
+    out: list[str] = []
+    segments = path.split("/")[1:]
+    for i, segment in enumerate(segments):
+        name = segment.partition(";")[0]
+        if "." in name and not name.strip(". "):
+            if name.strip() != "." and out:
+                out.pop()
+            if i == len(segments) - 1:
+                out.append("")
+        else:
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
+def _in(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def _approved(route: Route, host: str, path: str) -> bool:
+    """What the addon does with a request path before a token is chosen."""
+    try:
+        checked = checked_path(path)
+    except ClientError as exc:
+        assert exc.status == 400
+        return False
+    return route.matches(host, checked)
+
+
+@FAST
+@given(st.sampled_from(_ROUTES), st.lists(st.sampled_from(_PIECES), max_size=8))
+def test_an_approved_path_means_the_same_to_every_server(
+    picked: tuple[Route, str, str], pieces: list[str]
+) -> None:
+    route, host, prefix = picked
+    path = prefix.rstrip("/") + "/" + "/".join(pieces)
+    if not _approved(route, host, path):
+        return
+    for reading in _readings(path):
+        assert _in(_resolved(reading), route.prefixes), (path, reading)
+    # Delivered exactly: the outbound side re-encodes and re-splits nothing.
+    base = "https://chatgpt.com/backend-api/codex"
+    delivered = path.removeprefix(route.strip)
+    assert Target.of(base, delivered).path == urlsplit(base).path + delivered
 
 
 def test_crash_between_write_and_rename_loses_nothing(

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from ..credential import Credential
 from ..errors import ClientError, LoginError, NeedsLogin, RefreshFailed
 from ..flows import authcode, device
 from ..flows.http import body_of, error_code, error_text, send
 from ..ui import LoginUI
+from .paths import CheckedPath, under
 from .streams import Reshaper
 
 # Refresh answers that mean the login is gone for good (RFC 6749 §5.2, OpenAI's codes).
@@ -38,7 +39,7 @@ Dialect = Literal["openai", "anthropic", "google"]
 
 
 class Route(BaseModel):
-    """Requests to `hosts` whose path starts with one of `prefixes` carry this provider's
+    """Requests to `hosts` whose path is at or below one of `prefixes` carry this provider's
     token to `{api base}` + the path without `strip`. `dialect` is the API shape the client
     speaks (for error bodies)."""
 
@@ -49,8 +50,16 @@ class Route(BaseModel):
     strip: str = ""
     dialect: Dialect
 
-    def matches(self, host: str, path: str) -> bool:
-        return host in self.hosts and any(path.startswith(p) for p in self.prefixes)
+    @model_validator(mode="after")
+    def _strip_is_a_prefix(self) -> Route:
+        # What is delivered is the approved path minus `strip`, so nothing else may change.
+        if not all(p.startswith(self.strip) for p in self.prefixes):
+            raise ValueError(f"strip {self.strip!r} is not a prefix of every route prefix")
+        return self
+
+    def matches(self, host: str, path: CheckedPath) -> bool:
+        """Only a checked path: one that no server reads as a path outside the prefix."""
+        return host in self.hosts and any(under(path, p) for p in self.prefixes)
 
 
 # Bodies keyswap rewrites are parsed in memory; larger ones are refused.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -125,19 +126,19 @@ class GoogleProvider(Provider):
         return host == httpx.URL(endpoints["code_assist"]).host
 
     def model_of(self, call: ApiCall) -> str | None:
-        model = call.path.split("/models", 1)[-1].lstrip("/").partition(":")[0]
-        return model or None
+        found = _MODEL_PATH.fullmatch(call.path)
+        return found["model"] if found else None
 
     def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
         """`/v1beta/models/{model}:{method}` → `v1internal:{method}` with the envelope."""
-        rest = call.path.split("/models", 1)[-1].lstrip("/")
-        model, _, method = rest.partition(":")
-        if not method:
-            return self._models_reply(model)
-        if method not in _METHODS or call.method != "POST":
+        found = _MODEL_PATH.fullmatch(call.path)
+        if found is not None and found["method"] is None:
+            return self._models_reply(found["model"] or "")
+        if found is None or found["method"] not in _METHODS or call.method != "POST":
             raise ClientError(
                 404, f"{call.method} {call.client_path} is not served for {self.name}"
             )
+        model, method = found["model"], found["method"]
         project = cred.extra.get("project")
         if not project:
             again = f"python -m login {self.name}"
@@ -190,6 +191,11 @@ class GoogleProvider(Provider):
 
 
 _METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+# The public API's model paths: the list, one model, or a method on one. The model name goes
+# into the Code Assist envelope, so it is held to the names Google uses.
+_MODEL_PATH = re.compile(
+    r"/v1(?:beta)?/models(?:/(?P<model>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<method>\w+))?)?/?"
+)
 
 
 def _unwrap(obj: dict[str, Any]) -> dict[str, Any]:
