@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -20,7 +21,7 @@ from login.config import load_config
 from login.credential import Credential
 from login.errors import ClientError, ConfigError
 from login.providers import PROVIDERS
-from login.providers.base import Route
+from login.providers.base import ApiCall, Route
 from login.providers.paths import checked_path
 from login.providers.streams import MapSSE, SSESplitter, SSEToJSONArray
 from login.store.files import FileStore
@@ -214,6 +215,89 @@ def test_an_approved_path_means_the_same_to_every_server(
     base = "https://chatgpt.com/backend-api/codex"
     delivered = path.removeprefix(route.strip)
     assert Target.of(base, delivered).path == urlsplit(base).path + delivered
+
+
+# -- hostile request bodies -------------------------------------------------------------------
+
+_KEYS = st.sampled_from(
+    [
+        "messages",
+        "input",
+        "role",
+        "type",
+        "content",
+        "stream",
+        "instructions",
+        "include",
+        "contents",
+        "generateContentRequest",
+        "model",
+        "parts",
+        "text",
+        "tool_calls",
+    ]
+) | st.text(max_size=4)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.sampled_from(["user", "assistant", "tool_result", "image_url", "function_call"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=25,
+)
+_BODIES = st.one_of(
+    _JSON.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=60),
+    st.builds(lambda n, c: c * n, st.integers(1, 30_000), st.sampled_from([b"[", b'{"a":'])),
+    st.integers(1, 30_000).map(lambda n: b'{"messages":' + b"[" * n + b"]" * n + b"}"),
+)
+# Every body-reading endpoint of every provider, as the relay's adapters see it.
+_CALLS = [
+    ("copilot", "POST", "/chat/completions"),
+    ("copilot", "POST", "/responses"),
+    ("copilot", "POST", "/v1/messages"),
+    ("copilot", "POST", "/embeddings"),
+    ("codex", "POST", "/responses"),
+    ("anthropic", "POST", "/v1/messages"),
+    ("gemini", "POST", "/v1beta/models/gemini-2.5-pro:countTokens"),
+    ("gemini", "POST", "/v1beta/models/gemini-2.5-pro:generateContent"),
+    ("antigravity", "POST", "/v1/models/gemini-2.5-pro:streamGenerateContent"),
+]
+
+
+def _credential(provider: str) -> Credential:
+    return Credential(
+        provider=provider,
+        bucket="default",
+        access_token=SecretStr("t"),
+        expires_at=time.time() + 3600,
+        extra={"project": "p", "account_id": "a"},
+    )
+
+
+@FAST
+@given(_BODIES)
+def test_adapters_answer_any_body_or_say_why_not(body: bytes) -> None:
+    """Every adapter hook that reads a client body returns, or raises ClientError: never a
+    crash that the client would see as keyswap's 500."""
+    for name, method, path in _CALLS:
+        provider, cred = PROVIDERS[name], _credential(name)
+        headers = [("content-type", "application/json")]
+        call = ApiCall(method, path, [], headers, body, client_path=path)
+        model = provider.model_of(call)
+        assert model is None or isinstance(model, str)
+        try:
+            prepared = provider.prepare(call, cred)
+        except ClientError as exc:
+            assert 400 <= exc.status < 500 and str(exc)
+            continue
+        if isinstance(prepared, ApiCall):
+            sent = {k.lower(): v for k, v in prepared.headers}
+            extra = provider.api_headers(cred, prepared.path, sent, prepared.body)
+            assert all(isinstance(v, str) for v in extra.values())
+            Target.of(provider.api_base(cred, provider.endpoints), prepared.path, prepared.query)
 
 
 def test_crash_between_write_and_rename_loses_nothing(

@@ -1,5 +1,6 @@
-"""Hostile request paths through a real mitmdump: a path that could mean something outside
-a route is refused before any token is chosen."""
+"""Hostile request paths and bodies through a real mitmdump: a path that could mean
+something outside a route is refused before any token is chosen, and a body of the wrong
+shape is a 400 in the API's own error shape, never a 500 with a traceback."""
 
 from __future__ import annotations
 
@@ -138,3 +139,73 @@ def test_the_refusal_says_what_is_wrong(s: Stack, target: str, expected: str) ->
     error = json.loads(body)["error"]
     assert error["type"] == "invalid_request_error", "OpenAI's error shape"
     assert expected in error["message"]
+
+
+CHAT = ("api.githubcopilot.com", "/chat/completions", {"authorization": "Bearer oauth:copilot"})
+COUNT = (
+    "generativelanguage.googleapis.com",
+    "/v1beta/models/gemini-2.5-pro:countTokens",
+    {"x-goog-api-key": "oauth:gemini"},
+)
+RESPONSES = ("api.openai.com", "/v1/responses", {"authorization": "Bearer oauth:codex"})
+MESSAGES = ("api.anthropic.com", "/v1/messages", {"x-api-key": "oauth:copilot"})
+
+_BAD_BODIES = [
+    (CHAT, b'{"messages":5}', "messages"),
+    (CHAT, b'{"messages":[{"role":"user","content":"hi","type":[1]}]}', "messages.0.type"),
+    (CHAT, b'{"messages":[{"role":"user","content":[{"type":{}}]}]}', "messages.0.content"),
+    (CHAT, b'{"messages":["hi"]}', "messages.0"),
+    (CHAT, b'{"input":[{"role":7}]}', "input"),
+    (CHAT, b'{"model":"gpt-4.1","messages":' + b"[" * 100_000, "nested too deeply"),
+    (MESSAGES, b'{"messages":[{"role":"user","content":[5]}]}', "messages.0.content"),
+    (COUNT, b'{"generateContentRequest":"x"}', "generateContentRequest"),
+    (COUNT, b'{"generateContentRequest":[1]}', "generateContentRequest"),
+    (COUNT, b'{"contents":{"parts":[]}}', "contents"),
+    (COUNT, b"[1]", "JSON object"),
+    (RESPONSES, b"[" * 100_000, "nested too deeply"),
+    (RESPONSES, b'{"input":"hi","include":"x"}', "include"),
+    (RESPONSES, b'{"input":"hi","stream":"yes"}', "stream"),
+]
+
+
+def _shape_ok(host: str, body: bytes) -> bool:
+    data = json.loads(body)
+    if host.endswith("googleapis.com"):
+        return bool(data["error"]["status"] == "INVALID_ARGUMENT" and data["error"]["code"] == 400)
+    if host == "api.anthropic.com":
+        return bool(data["type"] == "error" and data["error"]["type"] == "invalid_request_error")
+    return bool(data["error"]["type"] == "invalid_request_error")
+
+
+def _message(body: bytes) -> str:
+    return str(json.loads(body)["error"]["message"])
+
+
+@pytest.mark.parametrize("with_rules", [False, True], ids=["plain", "model-rules"])
+def test_malformed_bodies_are_400s_in_the_apis_own_shape(s: Stack, with_rules: bool) -> None:
+    """With model rules the body is read before the relay too (to pick a bucket)."""
+    s.login_copilot()
+    s.login_codex()
+    s.login_google("gemini")
+    if with_rules:
+        s.configure(
+            '[providers.copilot.bucket.default]\nmodels = ["*"]\n'
+            '[providers.codex.bucket.default]\nmodels = ["*"]\n'
+            '[providers.gemini.bucket.default]\nmodels = ["*"]\n'
+        )
+    before = len(s.api.calls)
+    answers = []
+    with s.proxy() as proxy:
+        for (host, path, key), body, expected in _BAD_BODIES:
+            headers = {**key, "content-type": "application/json"}
+            answers.append(
+                (host, path, body, expected, send_raw(proxy, host, "POST", path, headers, body))
+            )
+        output = proxy.output
+    for host, path, body, expected, (status, answer) in answers:
+        what = f"{host}{path} {body[:60]!r}"
+        assert status == 400, f"{what}: {status} {answer[:300]!r}"
+        assert _shape_ok(host, answer), f"{what}: {answer[:300]!r}"
+        assert expected in _message(answer), f"{what}: {_message(answer)}"
+    assert s.api.calls[before:] == [], "nothing malformed went upstream"
+    assert "Traceback" not in output

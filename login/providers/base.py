@@ -7,7 +7,6 @@ data and overrides a hook only where the provider really differs.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ from ..flows import authcode, device
 from ..flows.http import body_of, error_code, error_text, send
 from ..ui import LoginUI
 from .paths import CheckedPath, under
+from .shapes import dump_json, parse_json
 from .streams import Reshaper
 
 # Refresh answers that mean the login is gone for good (RFC 6749 §5.2, OpenAI's codes).
@@ -62,10 +62,6 @@ class Route(BaseModel):
         return host in self.hosts and any(under(path, p) for p in self.prefixes)
 
 
-# Bodies keyswap rewrites are parsed in memory; larger ones are refused.
-MAX_ADAPTED_BODY = 32 << 20
-
-
 @dataclass
 class ApiCall:
     """A request on its way to the provider's API, relative to the API base."""
@@ -81,13 +77,8 @@ class ApiCall:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
-        """The body as a JSON object; ClientError when it is not one."""
-        if len(self.body) > MAX_ADAPTED_BODY:
-            raise ClientError(413, f"the request body is over {MAX_ADAPTED_BODY >> 20} MiB")
-        try:
-            data = json.loads(self.body or b"{}")
-        except ValueError:
-            raise ClientError(400, "the request body is not valid JSON") from None
+        """The body as a JSON object ({} when there is none); ClientError when it is not one."""
+        data = parse_json(self.body) if self.body else {}
         if not isinstance(data, dict):
             raise ClientError(400, "the request body must be a JSON object")
         return data
@@ -95,8 +86,7 @@ class ApiCall:
     def with_json(self, data: dict[str, Any], **changes: Any) -> ApiCall:
         headers = [(k, v) for k, v in self.headers if k.lower() != "content-type"]
         headers.append(("content-type", "application/json"))
-        body = json.dumps(data, separators=(",", ":")).encode()
-        return replace(self, body=body, headers=headers, **changes)
+        return replace(self, body=dump_json(data), headers=headers, **changes)
 
 
 @dataclass(frozen=True)

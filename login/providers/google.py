@@ -18,6 +18,7 @@ from ..credential import Credential
 from ..errors import ClientError, LoginError
 from ..flows.http import body_of, error_text, send
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from .shapes import BodyShape
 from .streams import MapSSE, Reshaper, SSEToJSONArray, WholeJSON
 
 
@@ -145,9 +146,12 @@ class GoogleProvider(Provider):
             raise ClientError(401, f"this login has no Code Assist project; run `{again}`")
         body = call.json()
         if method == "countTokens":
-            inner = body.get("generateContentRequest") or body
+            count = _CountTokens.of(body)
+            # The contents may come wrapped in a whole generateContent request, or bare.
+            inner = count.generate.contents if count.generate else None
+            contents = inner or count.contents or []
             wrapped: dict[str, Any] = {
-                "request": {"model": f"models/{model}", "contents": inner.get("contents", [])}
+                "request": {"model": f"models/{model}", "contents": contents}
             }
         else:
             request = {k: v for k, v in body.items() if k not in self.drop_fields}
@@ -188,6 +192,16 @@ class GoogleProvider(Provider):
             body = {"error": {"code": 404, "message": msg, "status": "NOT_FOUND"}}
             return LocalReply(404, json.dumps(body).encode())
         return LocalReply(200, json.dumps(body).encode())
+
+
+class _Contents(BodyShape):
+    contents: list[dict[str, Any]] | None = None
+
+
+class _CountTokens(_Contents):
+    """A countTokens body: `contents`, or a whole `generateContentRequest` holding them."""
+
+    generate: _Contents | None = Field(None, alias="generateContentRequest")
 
 
 _METHODS = ("generateContent", "streamGenerateContent", "countTokens")
