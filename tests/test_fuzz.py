@@ -23,7 +23,13 @@ from login.errors import ClientError, ConfigError
 from login.providers import PROVIDERS
 from login.providers.base import ApiCall, Route
 from login.providers.paths import checked_path
-from login.providers.streams import MapSSE, SSESplitter, SSEToJSONArray
+from login.providers.streams import (
+    LastSSEEvent,
+    MapSSE,
+    SSESplitter,
+    SSEToJSONArray,
+    WholeJSON,
+)
 from login.store.files import FileStore
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -298,6 +304,16 @@ def test_adapters_answer_any_body_or_say_why_not(body: bytes) -> None:
             extra = provider.api_headers(cred, prepared.path, sent, prepared.body)
             assert all(isinstance(v, str) for v in extra.values())
             Target.of(provider.api_base(cred, provider.endpoints), prepared.path, prepared.query)
+
+
+@pytest.mark.parametrize("depth", [100, 20_000])
+def test_reshapers_survive_deeply_nested_events(depth: int) -> None:
+    """json raises RecursionError, not ValueError, past its depth: still just not JSON."""
+    event = b"data: " + b"[" * depth + b"]" * depth + b"\n\n"
+    for reshaper in (MapSSE(lambda o: o), SSEToJSONArray(lambda o: o), LastSSEEvent(lambda o: o)):
+        assert isinstance(reshaper.feed(event) + reshaper.end(), bytes)
+    whole = WholeJSON(lambda o: o)
+    assert whole.feed(event[6:]) + whole.end() == event[6:]
 
 
 def test_crash_between_write_and_rename_loses_nothing(
