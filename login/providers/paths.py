@@ -26,6 +26,7 @@ CheckedPath = NewType("CheckedPath", str)
 # must reach keyswap percent-encoded; so the outbound side has nothing left to re-encode.
 _PATH_CHARS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/%")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A server behind a proxy that decoded once may decode again: look through this many layers.
 _DECODINGS = 3
 
@@ -48,8 +49,9 @@ def _refused(path: str, why: str) -> ClientError:
 
 
 def _segment_problem(segment: str) -> str | None:
-    if "%" not in segment and "." not in segment:
-        return None  # most segments: nothing to decode, cannot be a dot segment
+    if "%" not in segment:
+        # Most segments: nothing to decode, and only one with a dot can be a dot segment.
+        return _reading_problem(segment) if "." in segment else None
     if _BAD_ESCAPE.search(segment):
         return "a `%` not followed by two hex digits"
     text = segment
@@ -74,7 +76,7 @@ def _reading_problem(text: str) -> str | None:
         text = unicodedata.normalize("NFKC", text)
     if "/" in text or "\\" in text:
         return "an encoded `/` or `\\`"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(text):
         return "an encoded control character"
     # `..;x` is `..` to servers that take `;` parameters off a segment, and trailing dots and
     # spaces are dropped by some file-system-backed servers.
