@@ -24,10 +24,11 @@ from login.config import (
     load_config,
 )
 from login.env import refresh_bundle
-from login.errors import KeyswapError
+from login.errors import ClientError, KeyswapError
 from login.net import make_client, ssl_context
 from login.providers import PROVIDERS
 from login.providers.base import Dialect, Provider
+from login.providers.paths import checked_path
 from login.tokens import TokenService
 
 from . import placeholder
@@ -247,7 +248,6 @@ class Injector:
         """What to send where, or None after answering the client with why not."""
         req = flow.request
         host = req.pretty_host
-        path = req.path.split("?")[0]
         dialect = _dialect_for(host)
         config = self.settings.config
         if not config.proxy.allow_remote and not is_loopback_client(flow):
@@ -272,6 +272,12 @@ class Injector:
             return None
         if req.scheme != "https":
             _answer(flow, dialect, 403, "placeholder keys are served only over https")
+            return None
+        try:
+            # The path checked here is the one matched and the one delivered.
+            path = checked_path(req.path.partition("?")[0])
+        except ClientError as exc:
+            _answer(flow, dialect, exc.status, str(exc))
             return None
         route = next((r for r in provider.routes if r.matches(host, path)), None)
         if route is None:

@@ -7,20 +7,21 @@ data and overrides a hook only where the provider really differs.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from ..credential import Credential
 from ..errors import ClientError, LoginError, NeedsLogin, RefreshFailed
 from ..flows import authcode, device
 from ..flows.http import body_of, error_code, error_text, send
 from ..ui import LoginUI
+from .paths import CheckedPath, under
+from .shapes import dump_json, parse_json
 from .streams import Reshaper
 
 # Refresh answers that mean the login is gone for good (RFC 6749 §5.2, OpenAI's codes).
@@ -38,7 +39,7 @@ Dialect = Literal["openai", "anthropic", "google"]
 
 
 class Route(BaseModel):
-    """Requests to `hosts` whose path starts with one of `prefixes` carry this provider's
+    """Requests to `hosts` whose path is at or below one of `prefixes` carry this provider's
     token to `{api base}` + the path without `strip`. `dialect` is the API shape the client
     speaks (for error bodies)."""
 
@@ -49,12 +50,16 @@ class Route(BaseModel):
     strip: str = ""
     dialect: Dialect
 
-    def matches(self, host: str, path: str) -> bool:
-        return host in self.hosts and any(path.startswith(p) for p in self.prefixes)
+    @model_validator(mode="after")
+    def _strip_is_a_prefix(self) -> Route:
+        # What is delivered is the approved path minus `strip`, so nothing else may change.
+        if not all(p.startswith(self.strip) for p in self.prefixes):
+            raise ValueError(f"strip {self.strip!r} is not a prefix of every route prefix")
+        return self
 
-
-# Bodies keyswap rewrites are parsed in memory; larger ones are refused.
-MAX_ADAPTED_BODY = 32 << 20
+    def matches(self, host: str, path: CheckedPath) -> bool:
+        """Only a checked path: one that no server reads as a path outside the prefix."""
+        return host in self.hosts and any(under(path, p) for p in self.prefixes)
 
 
 @dataclass
@@ -72,13 +77,8 @@ class ApiCall:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
-        """The body as a JSON object; ClientError when it is not one."""
-        if len(self.body) > MAX_ADAPTED_BODY:
-            raise ClientError(413, f"the request body is over {MAX_ADAPTED_BODY >> 20} MiB")
-        try:
-            data = json.loads(self.body or b"{}")
-        except ValueError:
-            raise ClientError(400, "the request body is not valid JSON") from None
+        """The body as a JSON object ({} when there is none); ClientError when it is not one."""
+        data = parse_json(self.body) if self.body else {}
         if not isinstance(data, dict):
             raise ClientError(400, "the request body must be a JSON object")
         return data
@@ -86,8 +86,7 @@ class ApiCall:
     def with_json(self, data: dict[str, Any], **changes: Any) -> ApiCall:
         headers = [(k, v) for k, v in self.headers if k.lower() != "content-type"]
         headers.append(("content-type", "application/json"))
-        body = json.dumps(data, separators=(",", ":")).encode()
-        return replace(self, body=body, headers=headers, **changes)
+        return replace(self, body=dump_json(data), headers=headers, **changes)
 
 
 @dataclass(frozen=True)

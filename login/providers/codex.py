@@ -10,6 +10,7 @@ import httpx
 
 from ..credential import Credential, jwt_claims
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from .shapes import BodyShape
 from .streams import LastSSEEvent, Reshaper
 
 _AUTH_CLAIM = "https://api.openai.com/auth"
@@ -47,21 +48,20 @@ class Codex(Provider):
         if call.method != "POST" or not call.path.endswith("/responses"):
             return call
         body = call.json()
-        wants_stream = body.get("stream") is True
+        shape = _ResponsesRequest.of(body)
         for name in _UNSUPPORTED:
             body.pop(name, None)
         body["store"] = False
         body["stream"] = True
-        if body.get("instructions") is None:
+        if shape.instructions is None:
             body["instructions"] = ""
-        include = body.get("include")
-        include = include if isinstance(include, list) else []
+        include = shape.include or []
         if "reasoning.encrypted_content" not in include:
             body["include"] = [*include, "reasoning.encrypted_content"]
         prepared = call.with_json(body)
         prepared.headers = [(k, v) for k, v in prepared.headers if k.lower() != "accept"]
         prepared.headers.append(("accept", "text/event-stream"))
-        prepared.notes["stream"] = wants_stream
+        prepared.notes["stream"] = shape.stream is True
         return prepared
 
     def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
@@ -76,6 +76,14 @@ class Codex(Provider):
         if cred.extra.get("account_id"):
             out["chatgpt-account-id"] = cred.extra["account_id"]
         return out
+
+
+class _ResponsesRequest(BodyShape):
+    """What `prepare` reads of a Responses request."""
+
+    stream: bool | None = None
+    instructions: str | None = None
+    include: list[str] | None = None
 
 
 # Fields the backend rejects or that make no sense without server-side storage.

@@ -3,10 +3,10 @@ short-lived Copilot token (providers.md §1)."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -15,7 +15,8 @@ from pydantic import SecretStr
 from ..credential import Credential
 from ..errors import LoginError, NeedsLogin, RefreshFailed
 from ..flows.http import body_of, send
-from .base import LoginContext, Provider, Route
+from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from .shapes import BodyShape
 
 # The VS Code Copilot Chat profile (ericc copilot-api, litellm).
 EDITOR_HEADERS = {
@@ -102,67 +103,89 @@ class Copilot(Provider):
         """The API host the Copilot token names (individual/business/enterprise)."""
         return (cred.extra.get("api") or endpoints["api"]).rstrip("/")
 
+    def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
+        """The headers Copilot bills and routes by, read from the conversation: who started
+        this turn, and whether it shows an image. The one place a Copilot body is parsed."""
+        ours = {"X-Initiator": "user"}
+        if _is_conversation(call):
+            conversation = _Conversation.parse(call.body)
+            ours["X-Initiator"] = initiator(conversation)
+            if _has_image(conversation):
+                ours["Copilot-Vision-Request"] = "true"
+        names = {k.lower() for k in ours}
+        headers = [(k, v) for k, v in call.headers if k.lower() not in names]
+        return replace(call, headers=[*headers, *ours.items()])
+
     def api_headers(
         self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
     ) -> dict[str, str]:
         messages = path.endswith("/v1/messages")
-        request = _json_object(body)
         out = {
             **EDITOR_HEADERS,
             "Copilot-Integration-Id": "vscode-chat",
             "Openai-Intent": "messages-proxy" if messages else "conversation-panel",
-            "X-Initiator": initiator(request),
             "X-Request-Id": str(uuid.uuid4()),
         }
         if messages and "anthropic-version" not in headers:
             out["anthropic-version"] = "2023-06-01"
-        if _has_image(request):
-            out["Copilot-Vision-Request"] = "true"
         return out
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
-    if not body or body[:1] not in (b"{", b" ", b"\n"):
-        return {}
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+class _Part(BodyShape):
+    type: str | None = None
 
 
-def initiator(request: dict[str, Any]) -> str:
+class _Turn(BodyShape):
+    """A chat or Anthropic message, or a Responses input item."""
+
+    role: str | None = "user"
+    type: str | None = None
+    content: str | list[_Part] | None = None
+
+
+class _Conversation(BodyShape):
+    messages: list[_Turn] | None = None
+    input: str | list[_Turn] | None = None
+
+    @property
+    def turns(self) -> list[_Turn]:
+        turns = self.messages or self.input
+        return turns if isinstance(turns, list) else []
+
+
+# Endpoints whose body is a conversation; embeddings' `input` is a list of texts.
+_CONVERSATIONS = ("/chat/completions", "/responses", "/v1/messages")
+
+
+def _is_conversation(call: ApiCall) -> bool:
+    # A compressed body is not read (as before): Copilot judges it itself.
+    encoded = any(k.lower() == "content-encoding" for k, _ in call.headers)
+    return call.method == "POST" and call.path.endswith(_CONVERSATIONS) and not encoded
+
+
+def initiator(conversation: _Conversation) -> str:
     """`user` when the request answers a person's new message, `agent` when it continues
     the model's own work (a tool result, an assistant turn). Copilot bills premium requests
     only for `user`, so this must be right both ways."""
-    items = request.get("messages") or request.get("input")
-    if not isinstance(items, list) or not items:
+    if not conversation.turns:
         return "user"
-    last = items[-1]
-    if not isinstance(last, dict):
-        return "user"
-    if last.get("role", "user") != "user" or last.get("type") in _AGENT_ITEMS:
+    last = conversation.turns[-1]
+    if last.role != "user" or last.type in _AGENT_ITEMS:
         return "agent"
-    content = last.get("content")
-    if isinstance(content, list) and any(
-        isinstance(part, dict) and part.get("type") == "tool_result" for part in content
-    ):
+    if isinstance(last.content, list) and any(p.type == "tool_result" for p in last.content):
         return "agent"
     return "user"
 
 
 _AGENT_ITEMS = {"function_call_output", "function_call", "reasoning", "custom_tool_call_output"}
+_IMAGES = {"image_url", "image", "input_image"}
 
 
-def _has_image(request: dict[str, Any]) -> bool:
-    for item in request.get("messages") or request.get("input") or []:
-        content = item.get("content") if isinstance(item, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(p, dict) and p.get("type") in ("image_url", "image", "input_image")
-            for p in content
-        ):
-            return True
-    return False
+def _has_image(conversation: _Conversation) -> bool:
+    return any(
+        isinstance(turn.content, list) and any(p.type in _IMAGES for p in turn.content)
+        for turn in conversation.turns
+    )
 
 
 _JSON = {"Accept": "application/json"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from ..credential import Credential
 from ..errors import ClientError, LoginError
 from ..flows.http import body_of, error_text, send
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from .shapes import BodyShape
 from .streams import MapSSE, Reshaper, SSEToJSONArray, WholeJSON
 
 
@@ -125,28 +127,31 @@ class GoogleProvider(Provider):
         return host == httpx.URL(endpoints["code_assist"]).host
 
     def model_of(self, call: ApiCall) -> str | None:
-        model = call.path.split("/models", 1)[-1].lstrip("/").partition(":")[0]
-        return model or None
+        found = _MODEL_PATH.fullmatch(call.path)
+        return found["model"] if found else None
 
     def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
         """`/v1beta/models/{model}:{method}` → `v1internal:{method}` with the envelope."""
-        rest = call.path.split("/models", 1)[-1].lstrip("/")
-        model, _, method = rest.partition(":")
-        if not method:
-            return self._models_reply(model)
-        if method not in _METHODS or call.method != "POST":
+        found = _MODEL_PATH.fullmatch(call.path)
+        if found is not None and found["method"] is None:
+            return self._models_reply(found["model"] or "")
+        if found is None or found["method"] not in _METHODS or call.method != "POST":
             raise ClientError(
                 404, f"{call.method} {call.client_path} is not served for {self.name}"
             )
+        model, method = found["model"], found["method"]
         project = cred.extra.get("project")
         if not project:
             again = f"python -m login {self.name}"
             raise ClientError(401, f"this login has no Code Assist project; run `{again}`")
         body = call.json()
         if method == "countTokens":
-            inner = body.get("generateContentRequest") or body
+            count = _CountTokens.of(body)
+            # The contents may come wrapped in a whole generateContent request, or bare.
+            inner = count.generate.contents if count.generate else None
+            contents = inner or count.contents or []
             wrapped: dict[str, Any] = {
-                "request": {"model": f"models/{model}", "contents": inner.get("contents", [])}
+                "request": {"model": f"models/{model}", "contents": contents}
             }
         else:
             request = {k: v for k, v in body.items() if k not in self.drop_fields}
@@ -189,7 +194,22 @@ class GoogleProvider(Provider):
         return LocalReply(200, json.dumps(body).encode())
 
 
+class _Contents(BodyShape):
+    contents: list[dict[str, Any]] | None = None
+
+
+class _CountTokens(_Contents):
+    """A countTokens body: `contents`, or a whole `generateContentRequest` holding them."""
+
+    generate: _Contents | None = Field(None, alias="generateContentRequest")
+
+
 _METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+# The public API's model paths: the list, one model, or a method on one. The model name goes
+# into the Code Assist envelope, so it is held to the names Google uses.
+_MODEL_PATH = re.compile(
+    r"/v1(?:beta)?/models(?:/(?P<model>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<method>\w+))?)?/?"
+)
 
 
 def _unwrap(obj: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def _json_or_none(data: bytes | None) -> Any:
         return None
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep for json is not JSON to us either
         return None
 
 
