@@ -225,13 +225,18 @@ def _login(args: argparse.Namespace) -> int:
     return 0
 
 
+# States of a login whose store entry cannot be used as it is: `status` exits 1.
+BAD_STATES = ("corrupt", "unsafe")
+
+
 def _status(args: argparse.Namespace) -> int:
     service = _service(args)
     entries = service.entries(args.provider)
+    code = 1 if any(e.state in BAD_STATES for e in entries) else 0
     if args.json:
         kind = service.store.kind
         print(json.dumps([_entry_json(e, kind) for e in entries], indent=2))
-        return 0
+        return code
     if not entries:
         which = args.provider or "any provider"
         print(f"Not logged in to {which}. Run `python -m login <provider>` (see --help).")
@@ -252,7 +257,7 @@ def _status(args: argparse.Namespace) -> int:
             rules = BucketRules(models=e.models, exclude_models=e.exclude_models).describe()
             print(f"  {e.provider}:{e.bucket} serves {rules}")
     print(f"(store: {service.store.kind})")
-    return 0
+    return code
 
 
 def _entry_json(e: Entry, store: str) -> dict[str, Any]:

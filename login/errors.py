@@ -45,12 +45,30 @@ class StoreError(KeyswapError):
     """The token store cannot be used (unsafe permissions, no backend)."""
 
 
-class CorruptEntry(StoreError):
-    """One stored entry cannot be read; other entries are unaffected."""
+class BadEntry(StoreError):
+    """One stored entry cannot be used; other entries are unaffected. `state` is what
+    `login status` shows for it."""
+
+    state = "corrupt"
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        super().__init__(message)
+
+
+class CorruptEntry(BadEntry):
+    """One stored entry cannot be read."""
+
+    def __init__(self, name: str, reason: str, fix: str | None = None) -> None:
+        fix = fix or f"log in again or run `python -m login logout {name.replace(':', ' ')}`"
+        super().__init__(name, f"stored login {name!r} is unreadable ({reason}); {fix}")
+
+
+class UnsafeEntry(BadEntry):
+    """One stored entry is refused because others could read or change it; `reason` says
+    how to fix that."""
+
+    state = "unsafe"
 
     def __init__(self, name: str, reason: str) -> None:
-        self.name = name
-        super().__init__(
-            f"stored login {name!r} is unreadable ({reason}); "
-            f"log in again or run `python -m login logout {name.replace(':', ' ')}`"
-        )
+        super().__init__(name, f"stored login {name!r} is refused: {reason}")

@@ -18,7 +18,7 @@ import httpx
 
 from .config import Config
 from .credential import Credential, State
-from .errors import CorruptEntry, KeyswapError, NeedsLogin
+from .errors import BadEntry, KeyswapError, NeedsLogin
 from .net import make_client
 from .providers import PROVIDERS, LoginContext, Provider
 from .store import Store, async_file_lock, entry_name, open_store
@@ -206,6 +206,7 @@ class TokenService:
         return list(configured) if configured is not None else self.store.buckets(provider)
 
     def entries(self, provider: str | None = None) -> list[Entry]:
+        """One line per login; a bad entry is listed with its problem, never stops the rest."""
         out = []
         for name in self.store.names():
             prov, _, bucket = name.partition(":")
@@ -213,8 +214,8 @@ class TokenService:
                 continue
             try:
                 cred = self.store.load(prov, bucket)
-            except CorruptEntry as exc:
-                out.append(Entry(prov, bucket, "corrupt", detail=str(exc)))
+            except BadEntry as exc:
+                out.append(Entry(prov, bucket, exc.state, detail=str(exc)))
                 continue
             if cred is None:
                 continue
