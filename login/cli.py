@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from .config import BUCKET_PATTERN, BucketRules, load_config
-from .credential import expiry_text
+from .credential import Credential, expiry_text
 from .errors import KeyswapError
 from .providers import PROVIDERS
 from .tokens import Entry, TokenService
@@ -214,9 +214,13 @@ def _login(args: argparse.Namespace) -> int:
             who = f" as {account}" if account else ""
             ui.done(f"Logged in to {provider.title}{who} (through the running proxy)")
             return 0
-    cred = _run(
-        service, lambda: service.login(args.provider, args.bucket, ui, timeout=args.timeout)
-    )
+
+    async def job() -> Credential:
+        cred = await service.login(args.provider, args.bucket, ui, timeout=args.timeout)
+        await service.settle(cred.name)
+        return cred
+
+    cred = _run(service, job)
     who = f" as {cred.account}" if cred.account else ""
     ui.done(f"Logged in to {provider.title}{who}")
     ui.done(f"Stored as {args.provider}:{args.bucket} in the {service.store.kind} store")
@@ -323,6 +327,12 @@ def _switch(args: argparse.Namespace) -> int:
 
 def _refresh(args: argparse.Namespace) -> int:
     service = _service(args)
-    cred = _run(service, lambda: service.refresh(args.provider, args.bucket, force=True))
+
+    async def job() -> Credential:
+        cred = await service.refresh(args.provider, args.bucket, force=True)
+        await service.settle(cred.name)
+        return cred
+
+    cred = _run(service, job)
     print(f"✓ Refreshed {cred.name}; {expiry_text(cred.expires_at)}", file=sys.stderr)
     return 0

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def login_command(provider: str, bucket: str) -> str:
+    """The command that logs in to provider/bucket again."""
+    return f"python -m login {provider}" + ("" if bucket == "default" else f" {bucket}")
+
+
 class KeyswapError(Exception):
     """Base class: the message is safe to show to a user."""
 
@@ -24,9 +29,8 @@ class NeedsLogin(KeyswapError):
     """No usable credential: the user must run `python -m login <provider> [bucket]`."""
 
     def __init__(self, provider: str, bucket: str, why: str) -> None:
-        self.provider, self.bucket = provider, bucket
-        cmd = f"python -m login {provider}" + ("" if bucket == "default" else f" {bucket}")
-        super().__init__(f"{provider}/{bucket}: {why}; run `{cmd}`")
+        self.provider, self.bucket, self.why = provider, bucket, why
+        super().__init__(f"{provider}/{bucket}: {why}; run `{login_command(provider, bucket)}`")
 
 
 class RefreshFailed(KeyswapError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -78,3 +79,14 @@ def seed(fake: FakeOAuth, user: User, *logins: tuple[str, str]) -> None:
 
 def token_file(user: User, provider: str, bucket: str) -> Path:
     return user.data_dir / "tokens" / provider / f"{bucket}.tok"
+
+
+def expire_stored(user: User, provider: str, bucket: str) -> None:
+    """Make a stored login's access token expired, as time would (keyswap keeps any fresh
+    token for at least a minute past its refresh skew, so a short-lived login cannot)."""
+    with pytest.MonkeyPatch.context() as patch:
+        as_user(patch, user)
+        store = FileStore()
+        cred = store.load(provider, bucket)
+        assert cred is not None
+        store.save(cred.model_copy(update={"expires_at": time.time() - 1}))
