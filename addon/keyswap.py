@@ -182,7 +182,9 @@ class Injector:
             try:
                 if self.settings.changed():
                     self._reconfigure()
-                names = await asyncio.to_thread(lambda: self.tokens.store.names())
+                # Tokens the store refused (a full disk) are retried here as well as on use.
+                await self.tokens.save_held()
+                names = await asyncio.to_thread(self.tokens.names)
                 self.tokens.retain(set(names))
                 found: dict[str, list[str]] = {}
                 for name in names:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from .config import BUCKET_PATTERN, BucketRules, load_config
-from .credential import expiry_text
+from .credential import Credential, expiry_text
 from .errors import KeyswapError
 from .hardening import forbid_core_dumps
 from .providers import PROVIDERS
@@ -220,9 +220,13 @@ def _login(args: argparse.Namespace) -> int:
             who = f" as {account}" if account else ""
             ui.done(f"Logged in to {provider.title}{who} (through the running proxy)")
             return 0
-    cred = _run(
-        service, lambda: service.login(args.provider, args.bucket, ui, timeout=args.timeout)
-    )
+
+    async def job() -> Credential:
+        cred = await service.login(args.provider, args.bucket, ui, timeout=args.timeout)
+        await service.settle(cred.name)
+        return cred
+
+    cred = _run(service, job)
     who = f" as {cred.account}" if cred.account else ""
     ui.done(f"Logged in to {provider.title}{who}")
     ui.done(f"Stored as {args.provider}:{args.bucket} in the {service.store.kind} store")
@@ -231,13 +235,18 @@ def _login(args: argparse.Namespace) -> int:
     return 0
 
 
+# States of a login whose store entry cannot be used as it is: `status` exits 1.
+BAD_STATES = ("corrupt", "unsafe")
+
+
 def _status(args: argparse.Namespace) -> int:
     service = _service(args)
     entries = service.entries(args.provider)
+    code = 1 if any(e.state in BAD_STATES for e in entries) else 0
     if args.json:
         kind = service.store.kind
         print(json.dumps([_entry_json(e, kind) for e in entries], indent=2))
-        return 0
+        return code
     if not entries:
         which = args.provider or "any provider"
         print(f"Not logged in to {which}. Run `python -m login <provider>` (see --help).")
@@ -258,7 +267,7 @@ def _status(args: argparse.Namespace) -> int:
             rules = BucketRules(models=e.models, exclude_models=e.exclude_models).describe()
             print(f"  {e.provider}:{e.bucket} serves {rules}")
     print(f"(store: {service.store.kind})")
-    return 0
+    return code
 
 
 def _entry_json(e: Entry, store: str) -> dict[str, Any]:
@@ -324,6 +333,12 @@ def _switch(args: argparse.Namespace) -> int:
 
 def _refresh(args: argparse.Namespace) -> int:
     service = _service(args)
-    cred = _run(service, lambda: service.refresh(args.provider, args.bucket, force=True))
+
+    async def job() -> Credential:
+        cred = await service.refresh(args.provider, args.bucket, force=True)
+        await service.settle(cred.name)
+        return cred
+
+    cred = _run(service, job)
     print(f"✓ Refreshed {cred.name}; {expiry_text(cred.expires_at)}", file=sys.stderr)
     return 0

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer
 
+from .redact import redact
+
 State = Literal["valid", "expired-refreshable", "needs-login"]
 
 
@@ -43,6 +45,16 @@ class Credential(BaseModel):
     def refresh(self) -> str | None:
         return self.refresh_token.get_secret_value() if self.refresh_token else None
 
+    def secrets(self) -> tuple[str | None, ...]:
+        """Every credential value this holds, for redacting text that may quote them."""
+        return (self.token, self.refresh)
+
+    @property
+    def detail(self) -> str | None:
+        """Why a new login is needed, without this credential's own tokens (a provider's
+        refusal may quote them, and older versions stored it as it came)."""
+        return redact(self.needs_login, self.secrets()) if self.needs_login else None
+
     def expires_within(self, seconds: float, now: float | None = None) -> bool:
         if self.expires_at is None:
             return False
@@ -58,7 +70,9 @@ class Credential(BaseModel):
     @field_serializer("access_token", "refresh_token", when_used="json")
     def _reveal(self, value: SecretStr | None) -> str | None:
         # Only the store serialises to JSON; everything else sees the masked form.
-        return value.get_secret_value() if value else None
+        # `is not None`: an empty SecretStr is falsy, and an empty access token (an answer that
+        # carried only a refresh token) must still round-trip.
+        return value.get_secret_value() if value is not None else None
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def login_command(provider: str, bucket: str) -> str:
+    """The command that logs in to provider/bucket again."""
+    return f"python -m login {provider}" + ("" if bucket == "default" else f" {bucket}")
+
+
 class KeyswapError(Exception):
     """Base class: the message is safe to show to a user."""
 
@@ -24,9 +29,8 @@ class NeedsLogin(KeyswapError):
     """No usable credential: the user must run `python -m login <provider> [bucket]`."""
 
     def __init__(self, provider: str, bucket: str, why: str) -> None:
-        self.provider, self.bucket = provider, bucket
-        cmd = f"python -m login {provider}" + ("" if bucket == "default" else f" {bucket}")
-        super().__init__(f"{provider}/{bucket}: {why}; run `{cmd}`")
+        self.provider, self.bucket, self.why = provider, bucket, why
+        super().__init__(f"{provider}/{bucket}: {why}; run `{login_command(provider, bucket)}`")
 
 
 class RefreshFailed(KeyswapError):
@@ -45,12 +49,30 @@ class StoreError(KeyswapError):
     """The token store cannot be used (unsafe permissions, no backend)."""
 
 
-class CorruptEntry(StoreError):
-    """One stored entry cannot be read; other entries are unaffected."""
+class BadEntry(StoreError):
+    """One stored entry cannot be used; other entries are unaffected. `state` is what
+    `login status` shows for it."""
+
+    state = "corrupt"
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        super().__init__(message)
+
+
+class CorruptEntry(BadEntry):
+    """One stored entry cannot be read."""
+
+    def __init__(self, name: str, reason: str, fix: str | None = None) -> None:
+        fix = fix or f"log in again or run `python -m login logout {name.replace(':', ' ')}`"
+        super().__init__(name, f"stored login {name!r} is unreadable ({reason}); {fix}")
+
+
+class UnsafeEntry(BadEntry):
+    """One stored entry is refused because others could read or change it; `reason` says
+    how to fix that."""
+
+    state = "unsafe"
 
     def __init__(self, name: str, reason: str) -> None:
-        self.name = name
-        super().__init__(
-            f"stored login {name!r} is unreadable ({reason}); "
-            f"log in again or run `python -m login logout {name.replace(':', ' ')}`"
-        )
+        super().__init__(name, f"stored login {name!r} is refused: {reason}")

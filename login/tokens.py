@@ -5,11 +5,16 @@ request. A valid cached token costs no I/O. A refresh is single-flight within th
 process and serialised across processes by a lock per provider+bucket; under
 that lock the store is re-read (another process may have refreshed already) and
 the rotated tokens are saved before anyone gets the new access token.
+
+When the store cannot take new tokens (a full disk, a locked keyring), they are held in
+memory, served, used for the next refresh instead of the spent ones on disk, and saved as
+soon as the store takes them again: a rotated refresh token is never thrown away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,11 +23,20 @@ import httpx
 
 from .config import Config
 from .credential import Credential, State
-from .errors import CorruptEntry, KeyswapError, NeedsLogin
+from .errors import BadEntry, KeyswapError, NeedsLogin, RefreshFailed, StoreError, login_command
 from .net import make_client
 from .providers import PROVIDERS, LoginContext, Provider
+from .redact import redact
 from .store import Store, async_file_lock, entry_name, open_store
 from .ui import LoginUI
+
+log = logging.getLogger(__name__)
+
+# Seconds between tries to save held tokens (each access and the proxy's timer try when due).
+SAVE_RETRY = 5.0
+# A process about to exit (the CLI) tries this many more times, this far apart.
+SETTLE_TRIES = 3
+SETTLE_PAUSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,26 @@ class Entry:
     exclude_models: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Held:
+    """New tokens the store refused: maybe the only copy of a live refresh token."""
+
+    cred: Credential
+    reason: str
+    retry_at: float  # time.monotonic()
+
+    @property
+    def note(self) -> str:
+        return f"not saved yet ({self.reason}); held in memory and retried"
+
+
+def _reason(exc: OSError | StoreError) -> str:
+    """Why a save failed, in a few words ("No space left on device")."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
+
+
 def get_provider(name: str) -> Provider:
     try:
         return PROVIDERS[name]
@@ -79,6 +113,7 @@ class TokenService:
         self._store = store
         self._client = client
         self._cache: dict[str, Credential] = {}
+        self._held: dict[str, _Held] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._endpoints: dict[str, dict[str, str]] = {}
 
@@ -121,6 +156,8 @@ class TokenService:
         Raises NeedsLogin when only a new login can help."""
         p = get_provider(provider)
         name = entry_name(provider, bucket)
+        if self._held:
+            await self.save_held()
         cred = self._cache.get(name)
         if cred is None or cred.state(p.refresh_skew) != "valid":
             cred = await self.refresh(provider, bucket, force=False)
@@ -134,22 +171,33 @@ class TokenService:
         refreshing again. `force=False` refreshes only when needed."""
         p = get_provider(provider)
         name = entry_name(provider, bucket)
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self._lock(name):
             if not force and (cached := self._usable(self._cache.get(name), p, rejected)):
                 return cached
             async with async_file_lock(name):
-                cred = await asyncio.to_thread(self.store.load, provider, bucket)
+                cred = await self._current(provider, bucket)
                 if cred is None:
                     self._cache.pop(name, None)
                     raise NeedsLogin(provider, bucket, "not logged in")
                 if cred.needs_login:
-                    raise NeedsLogin(provider, bucket, cred.needs_login)
+                    raise NeedsLogin(provider, bucket, cred.detail or "a new login is needed")
                 fresh = None if force else self._usable(cred, p, rejected)
                 if fresh is None:
                     fresh = await self._refresh_stored(p, cred)
             self._cache[name] = fresh
             return fresh
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _current(self, provider: str, bucket: str) -> Credential | None:
+        """The newest credential, with the entry's locks held: held tokens (saved first if the
+        store takes them now), else the store's."""
+        name = entry_name(provider, bucket)
+        if name in self._held:
+            await self._save_held(name)
+        held = self._held.get(name)
+        return held.cred if held else await asyncio.to_thread(self.store.load, provider, bucket)
 
     def _usable(
         self, cred: Credential | None, p: Provider, rejected: str | None
@@ -164,12 +212,90 @@ class TokenService:
         try:
             fresh = await p.refresh(self.http, self.endpoints(p.name), cred)
         except NeedsLogin as exc:
-            dead = cred.model_copy(update={"needs_login": str(exc), "updated_at": time.time()})
-            await asyncio.to_thread(self.store.save, dead)
+            why = redact(exc.why, cred.secrets())
+            dead = cred.model_copy(update={"needs_login": why, "updated_at": time.time()})
+            await self._keep(dead)
             self._cache.pop(cred.name, None)
             raise
-        await asyncio.to_thread(self.store.save, fresh)
+        await self._keep(fresh)
+        if not fresh.token:
+            self._cache.pop(cred.name, None)  # the old access token went with the old pair
+            raise RefreshFailed(
+                f"{cred.provider}/{cred.bucket}: the token endpoint sent a new refresh token but "
+                "no access token; the new refresh token is kept and the next request refreshes"
+            )
         return fresh
+
+    # -- saving, and holding what cannot be saved yet ------------------------------------
+
+    async def _keep(self, cred: Credential) -> None:
+        """Save `cred` (its file lock is held). When the store refuses, hold it in memory: it
+        may carry the only live refresh token, the one on disk being spent."""
+        try:
+            await asyncio.to_thread(self.store.save, cred)
+        except (OSError, StoreError) as exc:
+            self._hold(cred, _reason(exc))
+        else:
+            if self._held.pop(cred.name, None) is not None:
+                log.info("%s/%s: the held tokens are saved now", cred.provider, cred.bucket)
+
+    def _hold(self, cred: Credential, reason: str) -> None:
+        before = self._held.get(cred.name)
+        self._held[cred.name] = _Held(cred, reason, time.monotonic() + SAVE_RETRY)
+        if before is None or before.reason != reason:  # one line per problem, not per try
+            log.warning(
+                "%s/%s: the new tokens could not be saved (%s); keeping them in memory and "
+                "retrying",
+                cred.provider,
+                cred.bucket,
+                reason,
+            )
+
+    async def _save_held(self, name: str) -> None:
+        """Try to save held tokens (the entry's locks are held), unless a login made
+        elsewhere since (`python -m login` again) has replaced them."""
+        held = self._held.get(name)
+        if held is None:
+            return
+        stored = await asyncio.to_thread(self._stored, held.cred)
+        if stored and stored.updated_at > held.cred.updated_at and not stored.needs_login:
+            del self._held[name]
+            self._cache.pop(name, None)
+            return
+        await self._keep(held.cred)
+
+    def _stored(self, cred: Credential) -> Credential | None:
+        try:
+            return self.store.load(cred.provider, cred.bucket)
+        except StoreError:
+            return None  # unreadable: the held tokens replace it
+
+    async def _retry(self, name: str) -> None:
+        async with self._lock(name), async_file_lock(name):
+            await self._save_held(name)
+
+    async def save_held(self) -> None:
+        """Try again to save held tokens that are due; the proxy calls this every second."""
+        now = time.monotonic()
+        for name in [n for n, h in self._held.items() if h.retry_at <= now]:
+            await self._retry(name)
+
+    async def settle(self, name: str) -> None:
+        """For a process about to exit: try held tokens a few more times, then raise a
+        StoreError naming the login and the reason, since they are lost with the process."""
+        for _ in range(SETTLE_TRIES):
+            if name not in self._held:
+                return
+            await asyncio.sleep(SETTLE_PAUSE)
+            await self._retry(name)
+        held = self._held.get(name)
+        if held is not None:
+            provider, bucket = held.cred.provider, held.cred.bucket
+            raise StoreError(
+                f"{provider}/{bucket}: the new tokens could not be saved ({held.reason}) and "
+                "are lost when this command ends; fix that, then run "
+                f"`{login_command(provider, bucket)}` if the login no longer works"
+            )
 
     # -- the CLI's API -------------------------------------------------------------------
 
@@ -185,20 +311,25 @@ class TokenService:
         ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout)
         cred = await p.login(ctx)
         async with async_file_lock(cred.name):
-            await asyncio.to_thread(self.store.save, cred)
+            await self._keep(cred)
         self._cache[cred.name] = cred
         return cred
 
+    def names(self) -> list[str]:
+        """Every login as "provider:bucket": the store's, and any held that it lacks."""
+        return sorted(set(self.store.names()) | set(self._held))
+
     def retain(self, names: set[str]) -> None:
         """Forget cached tokens of logins no longer in the store (logged out elsewhere)."""
-        for name in [n for n in self._cache if n not in names]:
+        for name in [n for n in self._cache if n not in names and n not in self._held]:
             del self._cache[name]
 
     def logout(self, provider: str, bucket: str) -> bool:
         get_provider(provider)
         name = entry_name(provider, bucket)
         self._cache.pop(name, None)
-        return self.store.delete(provider, bucket)
+        held = self._held.pop(name, None)
+        return self.store.delete(provider, bucket) or held is not None
 
     def buckets(self, provider: str) -> list[str]:
         """The provider's buckets in rotation order: the config's list, else by name."""
@@ -206,19 +337,22 @@ class TokenService:
         return list(configured) if configured is not None else self.store.buckets(provider)
 
     def entries(self, provider: str | None = None) -> list[Entry]:
+        """One line per login; a bad entry is listed with its problem, never stops the rest."""
         out = []
-        for name in self.store.names():
+        held = dict(self._held)  # the proxy calls this from a thread
+        for name in self.names():
             prov, _, bucket = name.partition(":")
             if provider and prov != provider:
                 continue
             try:
-                cred = self.store.load(prov, bucket)
-            except CorruptEntry as exc:
-                out.append(Entry(prov, bucket, "corrupt", detail=str(exc)))
+                cred = held[name].cred if name in held else self.store.load(prov, bucket)
+            except BadEntry as exc:
+                out.append(Entry(prov, bucket, exc.state, detail=str(exc)))
                 continue
             if cred is None:
                 continue
             rules = self.config.provider(prov).rules(bucket)
+            detail = cred.detail or (held[name].note if name in held else None)
             out.append(
                 Entry(
                     prov,
@@ -226,7 +360,7 @@ class TokenService:
                     cred.state(),
                     cred.account,
                     cred.expires_at,
-                    cred.needs_login,
+                    detail,
                     rules.models,
                     rules.exclude_models,
                 )

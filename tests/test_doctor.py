@@ -14,6 +14,7 @@ import trustme
 from tests.conftest import Result, User, free_port
 from tests.fakes.oauth import FakeOAuth
 from tests.proxy import Mitmdump, base_env
+from tests.scripted_login import expire_stored
 from tests.test_login import login_anthropic
 
 LINUX = sys.platform.startswith("linux")
@@ -142,14 +143,11 @@ def test_logins_show_their_states_and_no_token(user: User, fake: FakeOAuth) -> N
     login_anthropic(user, fake, "dead")
     fake.revoke_refresh_tokens("anthropic")
     assert user.run("refresh", "anthropic", "dead").code == 1  # now marked needs-login
-    fake.anthropic_ttl = 1
     login_anthropic(user, fake, "old")
-    expired = time.monotonic() + 1.1
-    fake.anthropic_ttl = 28800
+    expire_stored(user, "anthropic", "old")
     login_anthropic(user, fake, "ok")
     login_anthropic(user, fake, "bad")
     (user.data_dir / "tokens" / "anthropic" / "bad.tok").write_bytes(b"garbage")
-    time.sleep(max(0.0, expired - time.monotonic()))  # "old" has expired by now
 
     res, lines = doctor(user, "--port", str(free_port()), "--config", str(user.config))
     assert res.code == 1

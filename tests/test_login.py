@@ -266,7 +266,9 @@ def test_corrupt_entry_is_named_and_others_survive(user: User, fake: FakeOAuth) 
     login_anthropic(user, fake, "two")
     broken = user.data_dir / "tokens" / "anthropic" / "one.tok"
     broken.write_bytes(b"garbage")
-    entries = {e["bucket"]: e for e in status(user)}
+    listed = user.run("status", "--json")
+    assert listed.code == 1, "a bad entry makes status fail, after listing everything"
+    entries = {e["bucket"]: e for e in json.loads(listed.out)}
     assert entries["one"]["state"] == "corrupt" and "anthropic:one" in entries["one"]["detail"]
     assert entries["two"]["state"] == "valid"
     assert user.run("refresh", "anthropic", "two").code == 0

@@ -7,10 +7,10 @@ import hashlib
 import subprocess
 import sys
 import textwrap
-import time
 
 from tests.conftest import ROOT, User
 from tests.fakes.oauth import FakeOAuth
+from tests.scripted_login import expire_stored
 from tests.test_login import login_anthropic, status
 
 CALLERS = textwrap.dedent(
@@ -36,13 +36,10 @@ CALLERS = textwrap.dedent(
 
 
 def test_two_processes_refresh_a_rotating_token_once(user: User, fake: FakeOAuth, tmp_path) -> None:
-    # A login whose token enters the 5-minute refresh window a second later; refreshed
-    # tokens then live the usual 8 hours.
-    fake.anthropic_ttl = 301
+    # A login whose access token has expired; refreshed tokens live the usual 8 hours.
     user.write_config(fake.config_toml("anthropic"))
     login_anthropic(user, fake)
-    fake.anthropic_ttl = 28800
-    time.sleep(1.2)
+    expire_stored(user, "anthropic", "default")
     assert fake.count("anthropic", "refresh") == 0
     go = tmp_path / "go"
     procs = [

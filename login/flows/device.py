@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from ..errors import LoginError
+from ..redact import redact
 from .http import body_of, error_code, error_text, send
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -77,6 +78,8 @@ async def poll_token(
         elif err == "access_denied":
             raise LoginError("authorization was denied")
         else:
-            raise LoginError(f"authorization failed: {error_text(data) or resp.status_code}")
+            # The answer may quote the device code, which is as good as the login until used.
+            why = redact(error_text(data), (code.device_code,)) or resp.status_code
+            raise LoginError(f"authorization failed: {why}")
         if time.monotonic() + interval > deadline:
             raise LoginError("the device code expired before it was approved; run the login again")

@@ -7,8 +7,10 @@ data and overrides a hook only where the provider really differs.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -19,10 +21,13 @@ from ..credential import Credential
 from ..errors import ClientError, LoginError, NeedsLogin, RefreshFailed
 from ..flows import authcode, device
 from ..flows.http import body_of, error_code, error_text, send
+from ..redact import redact
 from ..ui import LoginUI
 from .paths import CheckedPath, under
 from .shapes import dump_json, parse_json
 from .streams import Reshaper
+
+log = logging.getLogger(__name__)
 
 # Refresh answers that mean the login is gone for good (RFC 6749 §5.2, OpenAI's codes).
 _DEAD_GRANT = {
@@ -33,6 +38,37 @@ _DEAD_GRANT = {
     "refresh_token_expired",
     "refresh_token_invalidated",
 }
+# Form fields keyswap sends to a token endpoint that are secrets (an answer may quote them).
+_SECRET_FIELDS = ("refresh_token", "code", "code_verifier", "client_secret", "device_code")
+
+# Bounds on how long keyswap trusts a fresh access token, whatever its answer says. The floor
+# keeps a token usable for a minute past the refresh skew, so a nonsense expiry (-30, 0) costs
+# one refresh a minute rather than one per request; a token that really dies sooner gets a 401,
+# and the API's refresh-once path covers that. The ceiling caps absurd values (1e12).
+MIN_USABLE = 60.0
+MAX_LIFETIME = 30 * 86400.0
+
+
+def seconds(value: object) -> float | None:
+    """A number of seconds as a provider sent it (a number or a numeric string); None for
+    anything else, so an odd field never stops the answer from being kept."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):  # "abc", or an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def token_text(value: object) -> str | None:
+    """A token as a provider sent it: a non-empty string, or a number's digits; None for
+    anything else (an object is no token)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    return value if isinstance(value, str) and value else None
 
 
 Dialect = Literal["openai", "anthropic", "google"]
@@ -129,6 +165,9 @@ class Provider(BaseModel):
     callback: Literal["loopback", "paste"] = "loopback"
     # Refresh this many seconds before the access token expires.
     refresh_skew: float = 300.0
+    # How long an access token is trusted when its answer gives no usable expiry; short of
+    # the provider's real lifetime, so an unknown expiry means refreshing early, not late.
+    default_lifetime: float = 3600.0
     # Where a placeholder for this provider may be sent, and where it is delivered.
     routes: tuple[Route, ...] = ()
     # Hosts where a bare `oauth` placeholder means this provider.
@@ -218,20 +257,42 @@ class Provider(BaseModel):
             "client_id": self.client_id,
         }
         try:
-            tokens = await self.token_request(
+            tokens = await self._token_answer(
                 http, endpoints["token"], form, "refreshing", self.refresh_format
             )
+            # An answer with neither token is a refusal (GitHub answers errors with 200). One
+            # with only a new refresh token is kept: the old one may be spent already.
+            if not token_text(tokens.get("access_token")) and not token_text(
+                tokens.get("refresh_token")
+            ):
+                raise _Rejected("refreshing", 200, tokens, self._secrets_sent(form))
         except _Rejected as exc:
+            why = redact(exc.reason, cred.secrets())
             if exc.code in _DEAD_GRANT or exc.status in (400, 401):
-                raise NeedsLogin(
-                    self.name, cred.bucket, f"refresh refused ({exc.reason})"
-                ) from None
-            raise RefreshFailed(
-                f"{self.name}/{cred.bucket}: refresh failed ({exc.reason})"
-            ) from None
+                raise NeedsLogin(self.name, cred.bucket, f"refresh refused ({why})") from None
+            raise RefreshFailed(f"{self.name}/{cred.bucket}: refresh failed ({why})") from None
         except LoginError as exc:
             raise RefreshFailed(f"{self.name}/{cred.bucket}: {exc}") from None
-        return self.credential(cred.bucket, tokens, previous=cred)
+        # From here on nothing may fail: the provider has rotated the refresh token.
+        return self._refined(self.credential(cred.bucket, tokens, previous=cred), tokens)
+
+    def refined(self, cred: Credential, tokens: dict[str, Any]) -> Credential:
+        """What a provider reads from a refresh answer beyond the tokens (account, claims)."""
+        return cred
+
+    def _refined(self, cred: Credential, tokens: dict[str, Any]) -> Credential:
+        try:
+            return self.refined(cred, tokens)
+        except Exception as exc:
+            # The answer's tokens are already in `cred` and the old refresh token may be
+            # spent: a surprise in the extras must not throw the new tokens away.
+            log.warning(
+                "%s/%s: part of the refresh answer could not be read (%s); using its tokens",
+                self.name,
+                cred.bucket,
+                type(exc).__name__,
+            )
+            return cred
 
     # -- shared helpers ------------------------------------------------------------------
 
@@ -243,6 +304,21 @@ class Provider(BaseModel):
         what: str,
         fmt: Literal["form", "json"] | None = None,
     ) -> dict[str, Any]:
+        """The token endpoint's answer, which carries an access token; _Rejected otherwise."""
+        data = await self._token_answer(http, url, fields, what, fmt)
+        if not token_text(data.get("access_token")):
+            raise _Rejected(what, 200, data, self._secrets_sent(fields))
+        return data
+
+    async def _token_answer(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        fields: dict[str, str],
+        what: str,
+        fmt: Literal["form", "json"] | None,
+    ) -> dict[str, Any]:
+        """The token endpoint's 200 answer, whatever it holds; _Rejected for any other."""
         if self.client_secret:
             fields = {**fields, "client_secret": self.client_secret}
         headers = {"Accept": "application/json"}
@@ -252,26 +328,45 @@ class Provider(BaseModel):
             req = http.build_request("POST", url, data=fields, headers=headers)
         resp = await send(http, req, what)
         data = body_of(resp)
-        if resp.status_code != 200 or not data.get("access_token"):
-            raise _Rejected(what, resp.status_code, data)
+        if resp.status_code != 200:
+            raise _Rejected(what, resp.status_code, data, self._secrets_sent(fields))
         return data
+
+    def _secrets_sent(self, fields: Mapping[str, str]) -> tuple[str | None, ...]:
+        return (*(fields.get(k) for k in _SECRET_FIELDS), self.client_secret)
 
     def credential(
         self, bucket: str, tokens: dict[str, Any], previous: Credential | None = None
     ) -> Credential:
-        """Keep the old refresh token when the answer carries none (Google does not rotate)."""
-        refresh = tokens.get("refresh_token") or (previous.refresh if previous else None)
-        expires_in = tokens.get("expires_in")
+        """The answer as a credential; never fails, whatever the answer holds. Keeps the old
+        refresh token when the answer carries none (Google does not rotate). An answer with no
+        usable access token gives an expired credential, refreshed again on its next use."""
+        now = time.time()
+        access = token_text(tokens.get("access_token"))
+        refresh = token_text(tokens.get("refresh_token")) or (
+            previous.refresh if previous else None
+        )
         return Credential(
             provider=self.name,
             bucket=bucket,
-            access_token=SecretStr(str(tokens["access_token"])),
+            access_token=SecretStr(access or ""),
             refresh_token=SecretStr(refresh) if refresh else None,
-            expires_at=time.time() + float(expires_in) if expires_in else None,
+            expires_at=self.expiry(self.lifetime(tokens), now) if access else 0.0,
             account=previous.account if previous else None,
             extra=dict(previous.extra) if previous else {},
-            updated_at=time.time(),
+            updated_at=now,
         )
+
+    def lifetime(self, tokens: dict[str, Any]) -> float | None:
+        """Seconds the answer's access token lives, as it says; None if it does not say."""
+        return seconds(tokens.get("expires_in"))
+
+    def expiry(self, lifetime: float | None, now: float) -> float:
+        """When to treat a token issued `now` as expired: its lifetime (else the default),
+        within [refresh skew + MIN_USABLE, MAX_LIFETIME]."""
+        if lifetime is None:
+            lifetime = self.default_lifetime
+        return now + min(max(lifetime, self.refresh_skew + MIN_USABLE), MAX_LIFETIME)
 
     # -- API requests (used by the addon) ------------------------------------------------
 
@@ -318,9 +413,12 @@ def _host_of(url: str) -> str:
 
 
 class _Rejected(LoginError):
-    """The token endpoint said no. Carries the code, never the request's secrets."""
+    """The token endpoint said no. Carries the code, never the request's secrets: `sent`
+    are the values that were sent, taken out of whatever the answer quotes."""
 
-    def __init__(self, what: str, status: int, data: dict[str, Any]) -> None:
+    def __init__(
+        self, what: str, status: int, data: dict[str, Any], sent: Iterable[str | None]
+    ) -> None:
         self.status, self.code = status, error_code(data)
-        self.reason = error_text(data) or f"HTTP {status}"
+        self.reason = redact(error_text(data), sent) or f"HTTP {status}"
         super().__init__(f"{what} failed: {self.reason}")

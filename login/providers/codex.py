@@ -3,13 +3,12 @@ Codex CLI's client; the ChatGPT account id comes from the id_token (providers.md
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from ..credential import Credential, jwt_claims
-from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds
 from .shapes import BodyShape
 from .streams import LastSSEEvent, Reshaper
 
@@ -20,15 +19,20 @@ class Codex(Provider):
     async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
         return self._with_claims(self.credential(ctx.bucket, tokens), tokens)
 
-    async def refresh(
-        self, http: httpx.AsyncClient, endpoints: Mapping[str, str], cred: Credential
-    ) -> Credential:
-        fresh = await super().refresh(http, endpoints, cred)
-        return self._with_claims(fresh, {"access_token": fresh.token})
+    def refined(self, cred: Credential, tokens: dict[str, Any]) -> Credential:
+        return self._with_claims(cred, tokens)
+
+    def lifetime(self, tokens: dict[str, Any]) -> float | None:
+        """`expires_in`, else what the access token's own `exp` claim leaves."""
+        said = super().lifetime(tokens)
+        if said is not None:
+            return said
+        exp = seconds(jwt_claims(str(tokens.get("access_token") or "")).get("exp"))
+        return None if exp is None else exp - time.time()
 
     def _with_claims(self, cred: Credential, tokens: dict[str, Any]) -> Credential:
         """Account id and email from the id_token (as the official CLI reads them), else from
-        the access token; expiry from the access token when `expires_in` was absent."""
+        the access token."""
         claims = jwt_claims(str(tokens.get("id_token") or "")) or jwt_claims(cred.token)
         auth = claims.get(_AUTH_CLAIM) or jwt_claims(cred.token).get(_AUTH_CLAIM) or {}
         extra = dict(cred.extra)
@@ -38,9 +42,6 @@ class Codex(Provider):
         update: dict[str, Any] = {"extra": extra}
         if claims.get("email"):
             update["account"] = str(claims["email"])
-        exp = jwt_claims(cred.token).get("exp")
-        if cred.expires_at is None and isinstance(exp, int | float):
-            update["expires_at"] = float(exp)
         return cred.model_copy(update=update)
 
     def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:

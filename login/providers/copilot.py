@@ -15,7 +15,8 @@ from pydantic import SecretStr
 from ..credential import Credential
 from ..errors import LoginError, NeedsLogin, RefreshFailed
 from ..flows.http import body_of, send
-from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from ..redact import redact
+from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds, token_text
 from .shapes import BodyShape
 
 # The VS Code Copilot Chat profile (ericc copilot-api, litellm).
@@ -79,24 +80,31 @@ class Copilot(Provider):
             raise RefreshFailed(f"{self.name}/{cred.bucket}: {exc}") from None
         data = body_of(resp)
         if resp.status_code in (401, 403, 404):
-            why = str(data.get("message") or f"HTTP {resp.status_code}")
+            # GitHub's message may quote the token it was sent.
+            why = redact(str(data.get("message") or ""), cred.secrets()) or (
+                f"HTTP {resp.status_code}"
+            )
             raise NeedsLogin(self.name, cred.bucket, f"GitHub refused the Copilot token ({why})")
-        if resp.status_code != 200 or not data.get("token"):
+        token = token_text(data.get("token"))
+        if resp.status_code != 200 or not token:
             raise RefreshFailed(f"{self.name}/{cred.bucket}: Copilot token HTTP {resp.status_code}")
-        api = (data.get("endpoints") or {}).get("api") or endpoints["api"]
-        extra = {**cred.extra, "api": str(api).rstrip("/")}
+        endpoints_said = data.get("endpoints")
+        api = endpoints_said.get("api") if isinstance(endpoints_said, dict) else None
+        extra = {**cred.extra, "api": str(api or endpoints["api"]).rstrip("/")}
         if data.get("sku"):
             extra["sku"] = str(data["sku"])
-        expires_at = data.get("expires_at")
+        now = time.time()
+        # `expires_at` is absolute (unix seconds): clamped like any lifetime.
+        expires_at = seconds(data.get("expires_at"))
         return Credential(
             provider=self.name,
             bucket=cred.bucket,
-            access_token=SecretStr(str(data["token"])),
+            access_token=SecretStr(token),
             refresh_token=cred.refresh_token,
-            expires_at=float(expires_at) if expires_at else time.time() + 25 * 60,
+            expires_at=self.expiry(None if expires_at is None else expires_at - now, now),
             account=cred.account,
             extra=extra,
-            updated_at=time.time(),
+            updated_at=now,
         )
 
     def api_base(self, cred: Credential, endpoints: Mapping[str, str]) -> str:
@@ -213,6 +221,8 @@ PROVIDER = Copilot(
     },
     # ~30 min tokens; re-mint at ~25 min like the editors do.
     refresh_skew=300.0,
+    # An answer without a usable `expires_at`: assume 25 min (the editors' fallback TTL).
+    default_lifetime=25 * 60.0,
     routes=(
         Route(hosts=_HOSTS, prefixes=("/v1/messages",), dialect="anthropic"),
         Route(hosts=_HOSTS, dialect="openai"),

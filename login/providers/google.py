@@ -17,6 +17,7 @@ from pydantic import Field
 from ..credential import Credential
 from ..errors import ClientError, LoginError
 from ..flows.http import body_of, error_text, send
+from ..redact import redact
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route
 from .shapes import BodyShape
 from .streams import MapSSE, Reshaper, SSEToJSONArray, WholeJSON
@@ -72,7 +73,7 @@ class GoogleProvider(Provider):
             return project, str(current.get("id") or "") or None
         tiers = [t for t in loaded.get("allowedTiers") or [] if isinstance(t, dict)]
         if not tiers:
-            raise LoginError(_ineligible(loaded, self.title))
+            raise LoginError(redact(_ineligible(loaded, self.title), (token,)))
         tier = next((t for t in tiers if t.get("isDefault")), tiers[0])
         tier_id = str(tier.get("id") or "legacy-tier")
         onboard: dict[str, Any] = {"tierId": tier_id, "metadata": metadata}
@@ -113,9 +114,8 @@ class GoogleProvider(Provider):
         resp = await send(ctx.http, req, f"setting up {self.title}")
         data = body_of(resp)
         if resp.status_code != 200:
-            raise LoginError(
-                f"{self.title} {method} failed: {error_text(data) or resp.status_code}"
-            )
+            why = redact(error_text(data), (token,)) or resp.status_code
+            raise LoginError(f"{self.title} {method} failed: {why}")
         return data
 
     # -- the public Gemini API in front of Code Assist -------------------------------------

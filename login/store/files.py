@@ -15,10 +15,10 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import CorruptEntry, StoreError
+from ..errors import CorruptEntry, StoreError, UnsafeEntry
 from .base import Store
 from .lock import file_lock
-from .paths import data_dir, private_dir, read_private, write_private
+from .paths import check_private, data_dir, private_dir, read_private, write_private
 
 _NONCE = 12
 _SUFFIX = ".tok"
@@ -47,11 +47,21 @@ class FileStore(Store):
         return self.tokens / provider / f"{bucket}{_SUFFIX}"
 
     def _read(self, name: str) -> bytes | None:
+        """One entry's plaintext. Whatever is wrong with its file is that entry's problem
+        (BadEntry, with the fix), never the whole store's."""
         path = self._path(name)
+        if path.is_dir():
+            fix = f"move it away (`mv {path} {path}.bak`), then log in again"
+            raise CorruptEntry(name, f"{path} is a directory", fix)
         try:
+            check_private(path.parent)
             blob = read_private(path)
         except FileNotFoundError:
             return None
+        except StoreError as exc:  # others could read or change it: the message has the fix
+            raise UnsafeEntry(name, str(exc)) from None
+        except OSError as exc:
+            raise CorruptEntry(name, f"{path}: {exc.strerror or type(exc).__name__}") from None
         try:
             return self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], name.encode())
         except (InvalidTag, ValueError):

@@ -17,7 +17,7 @@ import html
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -78,6 +78,10 @@ PATHS: dict[str, dict[str, str]] = {
     },
 }
 DEVICE_PAGE = "/github/login/device"
+
+# A test's own answer in place of the fake's: given the credential the caller presented and
+# the answer the fake would give (its tokens already issued and recorded), (status, body).
+Tamper = Callable[[str, "Json"], tuple[int, "Json"]]
 
 
 def oauth_error(error: str, description: str) -> Json:
@@ -321,6 +325,10 @@ class FakeOAuth(FakeServer):
         self.google_email = "user@example.com"
         self.anthropic_last_paste: str | None = None
         self.code_assist_mode: dict[str, str] = dict.fromkeys(GOOGLE, "existing")
+        # Odd answers on demand: refresh grants (given the refresh token) and Copilot token
+        # exchanges (given the GitHub token).
+        self.refresh_reply: Tamper | None = None
+        self.copilot_reply: Tamper | None = None
 
         self._tokens = TokenStore()
         self._devices: dict[str, DeviceCode] = {}
@@ -552,7 +560,9 @@ class FakeOAuth(FakeServer):
             f"8kp=1:{secrets.token_hex(32)}"
         )
         self._tokens.add("copilot", token, ttl)
-        return json_reply(
+        return self._tampered(
+            self.copilot_reply,
+            req.credential("token", "bearer") or "",
             {
                 "token": token,
                 "expires_at": exp,
@@ -566,8 +576,13 @@ class FakeOAuth(FakeServer):
                 "sku": "copilot_for_individuals",
                 "chat_enabled": True,
                 "individual": True,
-            }
+            },
         )
+
+    @staticmethod
+    def _tampered(tamper: Tamper | None, credential: str, answer: Json) -> Reply:
+        status, body = tamper(credential, answer) if tamper else (200, answer)
+        return json_reply(body, status)
 
     def _copilot_usage(self, req: Request) -> Reply:
         unlimited = {"entitlement": 0, "remaining": 0, "percent_remaining": 100, "unlimited": True}
@@ -640,7 +655,8 @@ class FakeOAuth(FakeServer):
         if grant == "authorization_code":
             return json_reply(self._exchange_code(client, req))
         if grant == "refresh_token":
-            return json_reply(self._refresh(client, req))
+            answer = self._refresh(client, req)
+            return self._tampered(self.refresh_reply, req.field("refresh_token") or "", answer)
         raise fail(400, oauth_error("unsupported_grant_type", f"Unsupported grant {grant!r}."))
 
     def _exchange_code(self, client: Client, req: Request) -> Json:
