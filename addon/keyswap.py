@@ -261,7 +261,7 @@ class Injector:
             why = f"requests from web pages ({origin}) get no token"
             _answer(flow, dialect, 403, f"{why}; allow it in [proxy] allow_origins")
             return None
-        client = _client(config, found)
+        client = client_for(config, found.secret)
         if isinstance(client, str):
             _answer(flow, dialect, 401, client)
             return None
@@ -437,15 +437,15 @@ def _origin(url: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc.decode()}" if parsed.scheme else url
 
 
-def _client(config: Config, found: placeholder.Placeholder) -> ClientSettings | str | None:
-    """The client whose secret the placeholder carries; a str says why none matches.
+def client_for(config: Config, secret: str | None) -> ClientSettings | str | None:
+    """The configured client whose secret this is; a str says why none matches.
     None when the proxy has no client list."""
     if not config.clients:
         return None
-    if not found.secret:
+    if not secret:
         return "this proxy needs a client secret in the key: oauth:<provider>#<secret>"
     for client in config.clients.values():
-        if hmac.compare_digest(client.secret.encode(), found.secret.encode()):
+        if hmac.compare_digest(client.secret.encode(), secret.encode()):
             return client
     return "unknown client secret"
 

@@ -98,7 +98,7 @@ class SessionUI:
         if s.announce:
             log.warning(
                 "keyswap: a request needs %s: open %s and enter the code %s "
-                "(or see http://keyswap.local/)",
+                "(or run `python -m login page` for the status page)",
                 s.provider.title,
                 verification_uri,
                 user_code,
@@ -111,7 +111,8 @@ class SessionUI:
         s.authorize_url, s.listening, s.state = url, listening, "waiting"
         if s.announce:
             log.warning(
-                "keyswap: a request needs %s: sign in at %s (or see http://keyswap.local/)",
+                "keyswap: a request needs %s: sign in at %s "
+                "(or run `python -m login page` for the status page)",
                 title,
                 url,
             )

@@ -64,9 +64,8 @@ from login.redact import REDACTED
 from login.store.paths import MANAGE_SECRET, data_dir, private_dir, read_private, write_private
 from login.tokens import Entry
 
-from .keyswap import Injector, _client, is_loopback_client
+from .keyswap import Injector, client_for, is_loopback_client
 from .logins import LoginSession
-from .placeholder import Placeholder
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +464,7 @@ class Manage:
             )
         if given.client is not None:
             config = self.injector.settings.config
-            client = _client(config, Placeholder(None, None, given.client))
+            client = client_for(config, given.client)
             if isinstance(client, ClientSettings):
                 return Caller(client)
             why = "unknown client secret" if config.clients else "this proxy has no [clients.*]"

@@ -219,8 +219,8 @@ class Relay:
             )
         why = session.error if done and session.error else f"did not complete within {int(wait)} s"
         msg = (
-            f"the {provider} login {why}; finish it at http://keyswap.local/ "
-            f"or run `python -m login {provider}`"
+            f"the {provider} login {why}; run `python -m login {provider}`, or "
+            "`python -m login page` for the status page"
         )
         return _error(job.route.dialect, 401, msg)
 

@@ -15,7 +15,7 @@ from .credential import Credential, expiry_text
 from .errors import KeyswapError
 from .hardening import forbid_core_dumps
 from .providers import PROVIDERS
-from .tokens import Entry, TokenService
+from .tokens import BAD_STATES, Entry, TokenService
 from .ui import Console
 
 DEFAULT_BUCKET = "default"
@@ -233,10 +233,6 @@ def _login(args: argparse.Namespace) -> int:
     if "project" in cred.extra:
         ui.done(f"Code Assist project: {cred.extra['project']}")
     return 0
-
-
-# States of a login whose store entry cannot be used as it is: `status` exits 1.
-BAD_STATES = ("corrupt", "unsafe")
 
 
 def _status(args: argparse.Namespace) -> int:

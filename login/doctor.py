@@ -37,7 +37,7 @@ from .env import DEFAULT_CONFDIR, bundle_content, bundle_path, ca_path
 from .errors import KeyswapError
 from .store import keyrings
 from .store.paths import data_dir
-from .tokens import Entry, TokenService
+from .tokens import BAD_STATES, Entry, TokenService
 
 Status = Literal["ok", "fail", "unknown"]
 MARKS: dict[Status, str] = {"ok": "✔", "fail": "✘", "unknown": "?"}
@@ -494,9 +494,8 @@ def _login_check(e: Entry) -> Check:
             f"login {name}: expired-refreshable ({who}{expiry_text(e.expires_at)}; refreshed on "
             "next use)",
         )
-    if e.state == "corrupt":
-        logout = f"python -m login logout {e.provider} {e.bucket}"
-        return Check("fail", f"login {name}: corrupt (unreadable)", f"{logout}; then {cmd}")
+    if e.state in BAD_STATES:  # the store's own message names the file and its fix
+        return Check("fail", f"login {name}: {e.state}", e.detail or f"{cmd} to log in again")
     detail = f" ({e.detail})" if e.detail else ""
     return Check("fail", f"login {name}: {e.state}{detail}", cmd)
 

@@ -60,6 +60,10 @@ class Access:
         return {**extra, "Authorization": f"Bearer {self.token}"}
 
 
+# States of a login whose store entry cannot be used as it is (`status` exits 1).
+BAD_STATES = ("corrupt", "unsafe")
+
+
 @dataclass(frozen=True)
 class Entry:
     """One line of `status`: never carries a token."""

@@ -349,6 +349,7 @@ def test_every_help_reads(user: User) -> None:
         ["logout", "--help"],
         ["refresh", "--help"],
         ["env", "--help"],
+        ["page", "--help"],
     ):
         res = user.run(*args)
         assert res.code == 0 and res.out.startswith("usage: python -m login"), args

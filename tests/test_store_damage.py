@@ -69,6 +69,15 @@ def test_one_bad_file_is_named_and_every_other_login_listed(
     assert entries["anthropic", "two"]["state"] == "valid"
     assert entries["copilot", "default"]["state"] == "valid"
 
+    # doctor names it with the same fix; logout of it is refused with that fix, no crash.
+    checked = user.run("doctor", "--port", "9")
+    line = next(x for x in checked.out.splitlines() if "anthropic:one" in x)
+    assert line.startswith(f"✘ login anthropic:one: {state} — fix: ") and fix in line
+    if state == "corrupt" and "directory" in fix:
+        out = user.run("logout", "anthropic", "one")
+        assert out.code == 1 and "Traceback" not in out.err and fix in out.err
+        assert token_file(user, "anthropic", "one").is_dir()
+
     # The proxy's token service: the bad login fails cleanly, the others are served.
     async def go() -> None:
         svc = service(fake, user)

@@ -10,6 +10,7 @@ const STATE_LABEL = {
   "expired-refreshable": "refreshes on use",
   "needs-login": "needs login",
   "corrupt": "unreadable",
+  "unsafe": "refused: file permissions",
 };
 const FLOW_LABEL = { "device": "device code", "auth_code": "browser sign-in" };
 

@@ -50,9 +50,7 @@ class FileStore(Store):
         """One entry's plaintext. Whatever is wrong with its file is that entry's problem
         (BadEntry, with the fix), never the whole store's."""
         path = self._path(name)
-        if path.is_dir():
-            fix = f"move it away (`mv {path} {path}.bak`), then log in again"
-            raise CorruptEntry(name, f"{path} is a directory", fix)
+        _refuse_directory(name, path)
         try:
             check_private(path.parent)
             blob = read_private(path)
@@ -74,8 +72,10 @@ class FileStore(Store):
         write_private(path, nonce + self._aead.encrypt(nonce, data, name.encode()))
 
     def _remove(self, name: str) -> bool:
+        path = self._path(name)
+        _refuse_directory(name, path)  # not ours to delete: it may hold someone's files
         try:
-            self._path(name).unlink()
+            path.unlink()
         except FileNotFoundError:
             return False
         return True
@@ -88,3 +88,10 @@ class FileStore(Store):
             for f in d.iterdir()
             if f.name.endswith(_SUFFIX) and not f.name.startswith(".")
         )
+
+
+def _refuse_directory(name: str, path: Path) -> None:
+    """A directory where an entry's file belongs is that entry's problem, with its fix."""
+    if path.is_dir():
+        fix = f"move it away (`mv {path} {path}.bak`), then log in again"
+        raise CorruptEntry(name, f"{path} is a directory", fix)
