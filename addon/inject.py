@@ -12,8 +12,9 @@ from login.hardening import forbid_core_dumps  # noqa: E402
 
 forbid_core_dumps()  # before any token is read into memory
 
-from addon.keyswap import Injector, Settings  # noqa: E402
+from addon.injector import Injector  # noqa: E402
 from addon.manage import Manage  # noqa: E402
+from addon.settings import Settings  # noqa: E402
 
 _settings = Settings()
 addons = [_settings, Injector(_settings)]

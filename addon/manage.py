@@ -64,7 +64,8 @@ from login.redact import REDACTED
 from login.store.paths import MANAGE_SECRET, data_dir, private_dir, read_private, write_private
 from login.tokens import Entry
 
-from .keyswap import Injector, client_for, is_loopback_client
+from .admission import client_for, is_loopback_client
+from .injector import Injector
 from .logins import LoginSession
 
 log = logging.getLogger(__name__)

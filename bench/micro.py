@@ -169,7 +169,8 @@ class _Plain(asyncio.Protocol):
 
 async def keyswap_relay_server() -> float:
     """addon/relay.py's server with the retry loop replaced by a fixed answer."""
-    from addon.relay import Answer, Relay
+    from addon.dispatch import Answer
+    from addon.relay import Relay
 
     class Fixed(Relay):
         def take(self, ticket: str) -> Any:
@@ -180,7 +181,7 @@ async def keyswap_relay_server() -> float:
             headers = [("content-type", "application/json")]
             return Answer(200, headers, body=_REPLY)
 
-    relay = Fixed(None, None, None)  # type: ignore[arg-type]
+    relay = Fixed(None)
     relay.start()
     try:
         return await _plain_client(relay.port)

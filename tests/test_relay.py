@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from addon.buckets import Rotation
+from addon.dispatch import Dispatch, Job
 from addon.outbound import Outbound, Response, Target, UpstreamError
-from addon.relay import _BUFFERED, TICKET_HEADER, Job, Relay
+from addon.relay import _BUFFERED, TICKET_HEADER, Relay
+from addon.rotation import Rotation
 from login.credential import Credential
 from login.providers import PROVIDERS
 from login.tokens import Access
@@ -77,8 +78,8 @@ class Lab:
         self.server = server
         self.tokens = Tokens(f"http://127.0.0.1:{server.port}")
         self.rotation = Rotation()
-        self.relay = Relay(self.tokens, self.rotation, None)  # type: ignore[arg-type]
-        self.relay.outbound = outbound or Outbound(ssl.create_default_context())
+        self.sender = outbound or Outbound(ssl.create_default_context())
+        self.relay = Relay(Dispatch(self.tokens, self.rotation, None, self.sender))
         self.relay.start()
         self.client = Outbound(ssl.create_default_context())
 
@@ -116,6 +117,7 @@ def with_server(
                 await check(lab)
             finally:
                 lab.relay.stop()
+                lab.sender.close()
                 lab.client.close()
 
     asyncio.run(asyncio.wait_for(main(), 20))

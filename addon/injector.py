@@ -1,42 +1,41 @@
-"""The mitmproxy addons: config, injection, and the bookkeeping around them."""
+"""The Injector: the mitmproxy hooks that find placeholder keys and hand requests to the relay.
+
+The path of one request: `request` finds a placeholder (`placeholder`), takes it out of the
+flow, asks `admission` whether and how it is served, and points the flow at the relay with
+a one-shot ticket; the relay's `dispatch` picks a bucket, gets its token (`login.tokens`),
+sends through `delivery`'s gate with `outbound`, and streams the answer back; the flow gets
+its original request back in `responseheaders`. A WebSocket upgrade is carried by mitmproxy
+itself with the token set here. `_maintain` picks up config edits and new logins.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import gc
-import hmac
 import logging
 import re
 import ssl
 from pathlib import Path
-from typing import Any
 
-import httpx
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
 
-from login.config import (
-    ClientSettings,
-    Config,
-    default_config_path,
-    is_loopback_host,
-    load_config,
-)
 from login.env import refresh_bundle
-from login.errors import ClientError, KeyswapError
+from login.errors import KeyswapError
 from login.net import make_client, ssl_context
 from login.providers import PROVIDERS
-from login.providers.base import Dialect, Provider
-from login.providers.paths import checked_path
 from login.tokens import TokenService
 
 from . import placeholder
-from .buckets import Rotation
+from .admission import Admission, Refusal, dialect_for, is_loopback_client
+from .dispatch import Dispatch, Job
 from .errors import error_body, error_headers
 from .logins import Logins
 from .outbound import Outbound
-from .relay import TICKET_HEADER, Job, Relay, forwardable
+from .relay import TICKET_HEADER, Relay
+from .rotation import Rotation
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 # httpx (logins, refreshes) logs every request URL at INFO and httpcore ten DEBUG records per
@@ -45,69 +44,7 @@ log = logging.getLogger(__name__)
 for _name in ("httpx", "httpcore", "h11", "hpack"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-_NATIVE = {host: p for p in PROVIDERS.values() for host in p.native_hosts}
 _POLL_SECONDS = 1.0
-
-
-class Settings:
-    """The `keyswap_config` option: loads and validates the config file, reloads it when it
-    changes, and keeps the last good one when a new one is invalid."""
-
-    def __init__(self) -> None:
-        self.config = Config()
-        self.path: Path | None = None
-        self._mtime: float | None = None
-        self._running = False
-
-    def running(self) -> None:
-        self._running = True
-
-    def load(self, loader: Any) -> None:
-        loader.add_option(
-            "keyswap_config",
-            str,
-            "",
-            "keyswap's config file (TOML). Default: $KEYSWAP_CONFIG, else the user config "
-            "dir's keyswap/config.toml.",
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "keyswap_config" not in updated:
-            return
-        explicit = ctx.options.keyswap_config or None
-        try:
-            self.config = load_config(explicit)
-        except KeyswapError as exc:
-            if self._running:  # a `set` at runtime: refuse it, keep the last good config
-                raise exceptions.OptionsError(str(exc)) from None  # type: ignore[no-untyped-call]
-            # At start-up an error log makes mitmdump exit, with one clear line.
-            log.error("keyswap: %s", exc)
-            return
-        self.path = Path(explicit) if explicit else default_config_path()
-        self._mtime = _mtime(self.path)
-
-    def changed(self) -> bool:
-        """Reload if the file changed; True when a new config took effect."""
-        if self.path is None:
-            return False
-        mtime = _mtime(self.path)
-        if mtime == self._mtime:
-            return False
-        self._mtime = mtime
-        try:
-            self.config = load_config(str(self.path) if mtime is not None else None)
-        except KeyswapError as exc:
-            log.error("keyswap: %s; keeping the last good config", exc)
-            return False
-        log.info("keyswap: reloaded %s", self.path)
-        return True
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
 
 
 class Injector:
@@ -119,7 +56,11 @@ class Injector:
         self.tokens = TokenService(settings.config)
         self.buckets: dict[str, list[str]] = {}
         self.logins = Logins(self.tokens, self.add_bucket)
-        self.relay = Relay(self.tokens, self.rotation, self.logins)
+        self.dispatch = Dispatch(self.tokens, self.rotation, self.logins)
+        self.relay = Relay(self.dispatch)
+        self.admission = Admission(
+            lambda: settings.config, self.rotation, lambda p: self.buckets.get(p, [])
+        )
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._bundle: asyncio.Task[None] | None = None
@@ -133,14 +74,14 @@ class Injector:
 
     def _reconfigure(self) -> None:
         config = self.settings.config
-        self.relay.cooldown = config.proxy.cooldown
+        self.dispatch.cooldown = config.proxy.cooldown
         verify, proxy = _verify(), _upstream_proxy()
-        old = self.relay.outbound
+        old = self.dispatch.sender
         # Through an upstream proxy, names are the proxy's to resolve.
         resolve = None if proxy else config.resolve_target
-        self.relay.outbound = Outbound(verify, resolve=resolve, proxy=proxy)
+        self.dispatch.sender = Outbound(verify, resolve=resolve, proxy=proxy)
         self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=verify))
-        if old is not None:
+        if isinstance(old, Outbound):
             old.close()
 
     def running(self) -> None:
@@ -163,6 +104,8 @@ class Injector:
             self._task.cancel()
         self.logins.stop()
         self.relay.stop()
+        if isinstance(self.dispatch.sender, Outbound):
+            self.dispatch.sender.close()
 
     def add_bucket(self, provider: str, bucket: str) -> None:
         """A login just finished: rotation may use the bucket at once."""
@@ -232,100 +175,19 @@ class Injector:
         if found is None:
             return
         placeholder.redact(flow.request, found)
+        req = flow.request
         try:
-            job = self._job(flow, found)
-            if job is None:
-                return
-            if flow.request.headers.get("upgrade", "").lower() == "websocket":
+            job = self.admission.admit(req, is_loopback_client(flow), found)
+            if isinstance(job, Refusal):
+                _answer(flow, job.status, job.message)
+            elif req.headers.get("upgrade", "").lower() == "websocket":
                 await self._inject_websocket(flow, job)
             else:
                 self._hand_to_relay(flow, job)
         except Exception:
             # Never let the placeholder or a half-built request go upstream.
             log.exception("keyswap: internal error")
-            dialect = _dialect_for(flow.request.pretty_host)
-            _answer(flow, dialect, 500, "internal error; see the proxy's log")
-
-    def _job(self, flow: http.HTTPFlow, found: placeholder.Placeholder) -> Job | None:
-        """What to send where, or None after answering the client with why not."""
-        req = flow.request
-        host = req.pretty_host
-        dialect = _dialect_for(host)
-        config = self.settings.config
-        if not config.proxy.allow_remote and not is_loopback_client(flow):
-            _answer(
-                flow, dialect, 403, "placeholder keys are served only to clients on this machine"
-            )
-            return None
-        if origin := _web_page(req, config.proxy.allow_origins):
-            why = f"requests from web pages ({origin}) get no token"
-            _answer(flow, dialect, 403, f"{why}; allow it in [proxy] allow_origins")
-            return None
-        client = client_for(config, found.secret)
-        if isinstance(client, str):
-            _answer(flow, dialect, 401, client)
-            return None
-        provider = self._provider(found, host)
-        if provider is None:
-            _answer(flow, dialect, 400, _unknown(found, host))
-            return None
-        if config.provider(provider.name).enabled is False:
-            _answer(flow, dialect, 401, f"oauth for {provider.name} is disabled in the config")
-            return None
-        if req.scheme != "https":
-            _answer(flow, dialect, 403, "placeholder keys are served only over https")
-            return None
-        try:
-            # The path checked here is the one matched and the one delivered.
-            path = checked_path(req.path.partition("?")[0])
-        except ClientError as exc:
-            _answer(flow, dialect, exc.status, str(exc))
-            return None
-        route = next((r for r in provider.routes if r.matches(host, path)), None)
-        if route is None:
-            _answer(flow, dialect, 403, f"{provider.name} tokens are not sent to {host}{path}")
-            return None
-        if client is not None and not client.admits(provider.name, found.bucket):
-            _answer(flow, dialect, 403, f"this client may not use {provider.name}")
-            return None
-        if found.bucket:
-            buckets, pinned = [found.bucket], True
-        else:
-            settings = config.provider(provider.name)
-            available = settings.buckets or self.buckets.get(provider.name, [])
-            if client is not None and "*" not in client.allow and provider.name not in client.allow:
-                available = [b for b in available if client.admits(provider.name, b)]
-            strategy = settings.strategy or config.proxy.strategy
-            buckets = self.rotation.plan(provider.name, list(available), strategy)
-            # Cooling buckets go last: they are used only if nothing else is left.
-            buckets += [b for b in available if b not in buckets]
-            pinned = False
-        job = Job(
-            provider=provider,
-            route=route,
-            buckets=buckets,
-            pinned=pinned,
-            method=req.method,
-            path=path,
-            query=[(k, v) for k, v in req.query.fields if not (k == "key" and placeholder.parse(v))]
-            if b"?" in req.data.path
-            else [],
-            headers=forwardable(req.headers.fields),
-            body=req.raw_content or b"",
-        )
-        settings = config.provider(provider.name)
-        if settings.enabled:
-            job.login_wait = config.proxy.login_wait
-        if settings.bucket and (model := provider.model_of(job.call())):
-            job.buckets = [b for b in buckets if settings.rules(b).admits(model)]
-            if not job.buckets:
-                rules = ", ".join(f"{b} ({settings.rules(b).describe()})" for b in buckets)
-                msg = (
-                    f"no {provider.name} bucket serves model {model!r}; buckets: {rules or 'none'}"
-                )
-                _answer(flow, dialect, 404, msg)
-                return None
-        return job
+            _answer(flow, 500, "internal error; see the proxy's log")
 
     def _hand_to_relay(self, flow: http.HTTPFlow, job: Job) -> None:
         req = flow.request
@@ -348,7 +210,7 @@ class Injector:
         """A WebSocket upgrade cannot go through the relay: mitmproxy carries it upstream
         itself, with the token set here and the placeholder put back once the 101 arrives.
         No 429 rotation: a socket that is open stays on its bucket."""
-        picked = await self.relay.pick(job)
+        picked = await self.dispatch.pick(job)
         if not isinstance(picked, tuple):
             flow.response = http.Response.make(picked.status, picked.body, dict(picked.headers))
             return
@@ -363,11 +225,6 @@ class Injector:
             req.headers.pop(name, None)
         for key, value in access.headers(job.path, client_headers, b"").items():
             req.headers[key] = value
-
-    def _provider(self, found: placeholder.Placeholder, host: str) -> Provider | None:
-        if found.provider is None:
-            return _NATIVE.get(host)
-        return PROVIDERS.get(found.provider)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if self._restore(flow) and (resp := flow.response) is not None:
@@ -406,67 +263,10 @@ def served_hosts() -> list[str]:
     return [rf"^{re.escape(h)}:\d+$" for h in sorted(hosts)]
 
 
-def _unknown(found: placeholder.Placeholder, host: str) -> str:
-    if found.provider:
-        known = ", ".join(sorted(PROVIDERS))
-        return f"unknown provider {found.provider!r} in the placeholder (known: {known})"
-    return f"a bare `oauth` key names no provider on {host}; use oauth:<provider>"
-
-
-def _web_page(req: http.Request, allowed: list[str]) -> str | None:
-    """The origin of a browser request (a page's fetch, form post or image load), unless the
-    user allowed it. A URL the user typed (`Sec-Fetch-Site: none`) is not a page's."""
-    site = req.headers.get("sec-fetch-site", "").lower()
-    source = req.headers.get("origin") or req.headers.get("referer")
-    from_page = (
-        "origin" in req.headers
-        or site in ("cross-site", "same-site")
-        or (not site and source is not None and _origin(source) != f"https://{req.pretty_host}")
-    )
-    if not from_page:
-        return None
-    origin = _origin(source) if source else "another site"
-    return None if origin in {_origin(a) for a in allowed} else origin
-
-
-def _origin(url: str) -> str:
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return url
-    return f"{parsed.scheme}://{parsed.netloc.decode()}" if parsed.scheme else url
-
-
-def client_for(config: Config, secret: str | None) -> ClientSettings | str | None:
-    """The configured client whose secret this is; a str says why none matches.
-    None when the proxy has no client list."""
-    if not config.clients:
-        return None
-    if not secret:
-        return "this proxy needs a client secret in the key: oauth:<provider>#<secret>"
-    for client in config.clients.values():
-        if hmac.compare_digest(client.secret.encode(), secret.encode()):
-            return client
-    return "unknown client secret"
-
-
-def is_loopback_client(flow: http.HTTPFlow) -> bool:
-    peer = flow.client_conn.peername
-    return bool(peer) and is_loopback_host(str(peer[0]))
-
-
-def _dialect_for(host: str) -> Dialect:
-    if host.endswith("anthropic.com"):
-        return "anthropic"
-    if host.endswith("googleapis.com"):
-        return "google"
-    return "openai"
-
-
-def _answer(flow: http.HTTPFlow, dialect: Dialect, status: int, message: str) -> None:
-    log.info(
-        "keyswap: %s %s -> %d: %s", flow.request.method, flow.request.pretty_host, status, message
-    )
+def _answer(flow: http.HTTPFlow, status: int, message: str) -> None:
+    req = flow.request
+    log.info("keyswap: %s %s -> %d: %s", req.method, req.pretty_host, status, message)
+    dialect = dialect_for(req.pretty_host, req.path.partition("?")[0])
     flow.response = http.Response.make(
         status, error_body(dialect, status, message), error_headers()
     )

@@ -16,15 +16,18 @@ class Rotation:
     limited: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def plan(self, provider: str, buckets: list[str], strategy: str) -> list[str]:
-        """The buckets to try, in order, leaving out those cooling down."""
+        """The buckets to try, in order."""
         if not buckets:
             return []
         if strategy == "round-robin":
             start = self._next[provider] % len(buckets)
             self._next[provider] += 1
             buckets = buckets[start:] + buckets[:start]
+        # Resting buckets go last: the dispatch passes them over while they rest (checked
+        # again when it sends), and they tell when the next one is free.
         now = time.time()
-        return [b for b in buckets if self._cooling.get((provider, b), 0.0) <= now]
+        ready = [b for b in buckets if self._cooling.get((provider, b), 0.0) <= now]
+        return ready + [b for b in buckets if b not in ready]
 
     def cool(self, provider: str, bucket: str, seconds: float) -> None:
         self.limited[provider, bucket] += 1
