@@ -65,6 +65,7 @@ from login.store.paths import MANAGE_SECRET, data_dir, private_dir, read_private
 from login.tokens import Entry
 
 from .admission import client_for, is_loopback_client
+from .delivery import Refused, destination
 from .injector import Injector
 from .logins import LoginSession
 
@@ -633,11 +634,15 @@ class Manage:
             access = await tokens.access(p.name, bucket)
         except KeyswapError as exc:
             raise ApiError(409, str(exc)) from None
-        url = f"{access.base_url}/models"
-        params = {"client_version": "0.50.0"} if p.name == "codex" else {}
+        params = [("client_version", "0.50.0")] if p.name == "codex" else []
+        try:
+            to = destination(access, "/models", params)
+        except Refused as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        url = f"{to.scheme}://{to.authority}{to.path}"
         headers = {"Accept": "application/json", **access.headers("/models", {}, b"")}
         try:
-            resp = await tokens.http.get(url, params=params, headers=headers, timeout=30)
+            resp = await tokens.http.get(url, headers=headers, timeout=30)
         except httpx.HTTPError as exc:
             raise ApiError(502, f"{p.title} models: {type(exc).__name__}") from None
         if resp.status_code != 200:
@@ -646,7 +651,8 @@ class Manage:
             data = resp.json()
         except ValueError:
             raise ApiError(502, f"{p.title} sent a models list that is not JSON") from None
-        return _json({**out, "source": url, "models": _model_rows(data)})
+        source = url.partition("?")[0]
+        return _json({**out, "source": source, "models": _model_rows(data)})
 
     # -- state-changing endpoints ------------------------------------------------------------
 

@@ -557,3 +557,19 @@ def test_page_link_needs_the_secret_the_proxy_writes(user: User) -> None:
     res = user.run("page", "--no-browser")
     assert res.code == 1 and res.out == ""
     assert "no management secret" in res.err and "start the proxy once" in res.err
+
+
+def test_a_login_that_names_a_foreign_api_host_gets_no_token_anywhere(s: Stack) -> None:
+    """The Copilot token exchange names the API host; one outside githubcopilot.com is
+    refused by the one delivery gate, with the same 502 and message on every path."""
+    s.oauth.copilot_api = "https://api.evil.example"
+    s.login_copilot()
+    refusal = (
+        "refusing to send a copilot token to https://api.evil.example: "
+        "it is not one of copilot's API hosts"
+    )
+    with s.proxy() as proxy, client(proxy, s.user) as c:
+        chat = copilot_chat(proxy, "oauth:copilot")
+        models = c.get(f"{BASE}/api/auth/models/copilot")
+    assert chat.status_code == 502 and refusal in chat.json()["error"]["message"], chat.text
+    assert models.status_code == 502 and refusal in models.json()["error"], models.text
