@@ -9,12 +9,14 @@ import hmac
 import logging
 import re
 import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from mitmproxy import connection, ctx, exceptions, http
-from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from login.config import (
     ClientSettings,
@@ -35,7 +37,7 @@ from . import placeholder
 from .buckets import Rotation
 from .errors import error_body, error_headers
 from .logins import Logins
-from .outbound import Outbound
+from .outbound import Outbound, basic_auth
 from .relay import TICKET_HEADER, Job, Relay, forwardable
 
 log = logging.getLogger(__name__)
@@ -123,22 +125,36 @@ class Injector:
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._bundle: asyncio.Task[None] | None = None
+        # mitmproxy's upstream proxy, which keyswap's own connections take too.
+        self.upstream: Upstream | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def configure(self, updated: set[str]) -> None:
-        tls = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "mode", "keyswap_config"}
-        if updated & tls:
+        if updated & {"mode", "upstream_auth"}:
+            # Checked before anything changes: a refused `set` leaves the old proxy in use.
+            upstream = upstream_proxy(ctx.options.mode, ctx.options.upstream_auth)
+            if upstream != self.upstream and upstream is not None:
+                log.info("keyswap: its own requests go through the upstream proxy %s", upstream)
+            self.upstream = upstream
+        watched = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "mode", "upstream_auth"}
+        if updated & (watched | {"keyswap_config"}):
             self._reconfigure()
 
     def _reconfigure(self) -> None:
         config = self.settings.config
         self.relay.cooldown = config.proxy.cooldown
-        verify, proxy = _verify(), _upstream_proxy()
+        verify, up = _verify(), self.upstream
         old = self.relay.outbound
         # Through an upstream proxy, names are the proxy's to resolve.
-        resolve = None if proxy else config.resolve_target
-        self.relay.outbound = Outbound(verify, resolve=resolve, proxy=proxy)
+        resolve = None if up else config.resolve_target
+        self.relay.outbound = Outbound(
+            verify,
+            resolve=resolve,
+            proxy=up.url if up else None,
+            proxy_auth=up.auth if up else None,
+        )
+        proxy = up.for_httpx(verify) if up else None
         self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=verify))
         if old is not None:
             old.close()
@@ -483,9 +499,66 @@ def _verify() -> ssl.SSLContext:
     return context
 
 
-def _upstream_proxy() -> str | None:
-    """mitmproxy's `upstream:` mode, which our own outbound requests honour too."""
-    for mode in ctx.options.mode:
-        if mode.startswith("upstream:"):
-            return str(mode).removeprefix("upstream:")
-    return None
+@dataclass(frozen=True)
+class Upstream:
+    """The proxy of mitmproxy's `upstream:` mode, with `upstream_auth`."""
+
+    scheme: str  # "http", or "https" for TLS to the proxy itself
+    host: str
+    port: int
+    # `user:password`, a secret like a token: out of repr and so out of every log line.
+    auth: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def for_httpx(self, verify: ssl.SSLContext) -> httpx.Proxy:
+        """The same proxy for httpx (logins, refreshes): the proxy's certificate checked like
+        the providers', and the credential sent exactly as the relay sends it."""
+        headers = {"Proxy-Authorization": basic_auth(self.auth)} if self.auth else None
+        tls = verify if self.scheme == "https" else None  # httpcore refuses one for http
+        return httpx.Proxy(self.url, ssl_context=tls, headers=headers)
+
+    def __str__(self) -> str:
+        return self.url + (" (with upstream_auth)" if self.auth else "")
+
+
+def upstream_proxy(modes: Iterable[str], auth: str | None) -> Upstream | None:
+    """The upstream proxy named in mitmproxy's `mode` entries, read by mitmproxy's own parser
+    so that every form it accepts means the same here: with or without `http://` or
+    `https://`, with or without a port, with an `@[host:]port` listen address, one of several
+    modes. Beside other modes it carries keyswap's requests from every listener: the relay,
+    logins and refreshes belong to no one listener. Raises OptionsError for what keyswap
+    cannot honour."""
+    found: list[Upstream] = []
+    for spec in modes:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy refuses the option itself, with its own message
+        if isinstance(mode, mode_specs.UpstreamMode):
+            host, port = mode.address
+            proxy = Upstream(mode.scheme, host, port)
+            if proxy not in found:
+                found.append(proxy)
+    if not found:
+        return None
+    if len(found) > 1:
+        # Which one a login or a refresh should take, nothing tells.
+        names = ", ".join(p.url for p in found)
+        raise exceptions.OptionsError(  # type: ignore[no-untyped-call]
+            f"keyswap sends its own requests through one upstream proxy; the modes name "
+            f"{len(found)}: {names}"
+        )
+    if auth is not None and not _AUTH.search(auth):
+        # Without the value: it is a secret even when malformed.
+        raise exceptions.OptionsError(  # type: ignore[no-untyped-call]
+            "upstream_auth must be USER:PASSWORD"
+        )
+    return Upstream(found[0].scheme, found[0].host, found[0].port, auth)
+
+
+# What mitmproxy's own upstream_auth addon accepts: something, then a colon.
+_AUTH = re.compile(".+:")
