@@ -36,6 +36,7 @@ from .outbound import Outbound
 from .relay import TICKET_HEADER, Relay
 from .rotation import Rotation
 from .settings import Settings
+from .upstream import Upstream, upstream_proxy
 
 log = logging.getLogger(__name__)
 # httpx (logins, refreshes) logs every request URL at INFO and httpcore ten DEBUG records per
@@ -64,22 +65,36 @@ class Injector:
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._bundle: asyncio.Task[None] | None = None
+        # mitmproxy's upstream proxy, which keyswap's own connections take too.
+        self.upstream: Upstream | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def configure(self, updated: set[str]) -> None:
-        tls = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "mode", "keyswap_config"}
-        if updated & tls:
+        if updated & {"mode", "upstream_auth"}:
+            # Checked before anything changes: a refused `set` leaves the old proxy in use.
+            upstream = upstream_proxy(ctx.options.mode, ctx.options.upstream_auth)
+            if upstream != self.upstream and upstream is not None:
+                log.info("keyswap: its own requests go through the upstream proxy %s", upstream)
+            self.upstream = upstream
+        watched = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "mode", "upstream_auth"}
+        if updated & (watched | {"keyswap_config"}):
             self._reconfigure()
 
     def _reconfigure(self) -> None:
         config = self.settings.config
         self.dispatch.cooldown = config.proxy.cooldown
-        verify, proxy = _verify(), _upstream_proxy()
+        verify, up = _verify(), self.upstream
         old = self.dispatch.sender
         # Through an upstream proxy, names are the proxy's to resolve.
-        resolve = None if proxy else config.resolve_target
-        self.dispatch.sender = Outbound(verify, resolve=resolve, proxy=proxy)
+        resolve = None if up else config.resolve_target
+        self.dispatch.sender = Outbound(
+            verify,
+            resolve=resolve,
+            proxy=up.url if up else None,
+            proxy_auth=up.auth if up else None,
+        )
+        proxy = up.for_httpx(verify) if up else None
         self.tokens.reconfigure(config, make_client(config, proxy=proxy, verify=verify))
         if isinstance(old, Outbound):
             old.close()
@@ -281,11 +296,3 @@ def _verify() -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def _upstream_proxy() -> str | None:
-    """mitmproxy's `upstream:` mode, which our own outbound requests honour too."""
-    for mode in ctx.options.mode:
-        if mode.startswith("upstream:"):
-            return str(mode).removeprefix("upstream:")
-    return None

@@ -72,6 +72,12 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+def basic_auth(auth: str) -> str:
+    """`user:password` as a Basic credential: the whole string in UTF-8, base64-encoded, as
+    mitmproxy encodes `upstream_auth`, so the proxy sees one credential from both."""
+    return "Basic " + base64.b64encode(auth.encode()).decode("ascii")
+
+
 def _q(text: str) -> str:
     return quote(text, safe="-._~:/@!$'()*,;")
 
@@ -175,7 +181,9 @@ class Outbound:
     """Sends requests upstream over pooled keep-alive HTTP/1.1 connections.
 
     `resolve` maps (host, port) to the address to dial (SNI and Host keep the name);
-    `proxy` is an http:// or https:// proxy to tunnel through (mitmproxy's `upstream:`).
+    `proxy` is an http:// or https:// proxy URL without credentials to tunnel through
+    (mitmproxy's `upstream:` mode), and `proxy_auth` its `user:password` (mitmproxy's
+    `upstream_auth`), sent as Basic Proxy-Authorization.
     """
 
     def __init__(
@@ -184,6 +192,7 @@ class Outbound:
         *,
         resolve: Resolver | None = None,
         proxy: str | None = None,
+        proxy_auth: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
     ) -> None:
@@ -191,6 +200,7 @@ class Outbound:
         self._ssl = ssl_context
         self._resolve = resolve
         self._proxy = urlsplit(proxy) if proxy else None
+        self._proxy_auth = basic_auth(proxy_auth) if proxy_auth else None
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
@@ -292,24 +302,26 @@ class Outbound:
         try:
             authority = f"{target.host}:{target.port}"
             lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
-            if auth := self._proxy_auth():
-                lines.append(f"Proxy-Authorization: {auth}")
+            if self._proxy_auth:
+                lines.append(f"Proxy-Authorization: {self._proxy_auth}")
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             status, _, _ = _parse_head(await _read_head(reader))
             if not 200 <= status < 300:
-                raise UpstreamError(f"the upstream proxy refused {target.host} ({status})")
+                raise UpstreamError(self._refused(target, status))
             await writer.start_tls(tls, server_hostname=target.host)
         except BaseException:
             writer.close()
             raise
         return conn
 
-    def _proxy_auth(self) -> str | None:
-        proxy = self._proxy
-        if proxy is None or proxy.username is None:
-            return None
-        raw = f"{proxy.username}:{proxy.password or ''}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
+    def _refused(self, target: Target, status: int) -> str:
+        """Why the proxy refused the tunnel, naming the fix for a 407 (never the credential)."""
+        why = f"the upstream proxy refused {target.host} ({status})"
+        if status != 407:
+            return why
+        if self._proxy_auth:
+            return f"{why}: it did not accept upstream_auth"
+        return f"{why}: it wants credentials; set upstream_auth (--upstream-auth USER:PASS)"
 
     def _put(self, target: Target, conn: _Connection) -> None:
         if self._closed:
@@ -337,8 +349,8 @@ class Outbound:
             lines.append(f"{key}: {value}")
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
-        if self._proxy is not None and target.scheme == "http" and (auth := self._proxy_auth()):
-            lines.append(f"Proxy-Authorization: {auth}")
+        if self._proxy is not None and target.scheme == "http" and self._proxy_auth:
+            lines.append(f"Proxy-Authorization: {self._proxy_auth}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def _response(self, conn: _Connection, target: Target, method: str) -> Response:

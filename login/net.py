@@ -52,7 +52,7 @@ def make_client(
     config: Config,
     *,
     timeout: float = 30.0,
-    proxy: str | None = None,
+    proxy: httpx.Proxy | str | None = None,
     verify: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     ctx = verify or ssl_context()
