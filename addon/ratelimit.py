@@ -1,5 +1,5 @@
 """How long a rate-limited bucket must rest, read from the provider's own hints
-(providers.md §1.4, §2.5, §3.5, §5.3)."""
+(docs/providers.md §1.4, §2.5, §3.5, §5.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One fake OAuth server for every keyswap provider, following /work/shared/providers.md.
+"""One fake OAuth server for every keyswap provider, following docs/providers.md.
 
     with FakeOAuth() as fake:
         config = fake.config_toml("codex")       # [providers.codex.endpoints] pointing here
