@@ -59,7 +59,6 @@ from login.errors import KeyswapError
 from login.page import LINK_PATH, LINK_TTL, SECRET_MIN, Link, LinkError, verify
 from login.providers import PROVIDERS
 from login.providers.base import Provider
-from login.providers.google import GoogleProvider
 from login.redact import REDACTED
 from login.store.paths import MANAGE_SECRET, data_dir, private_dir, read_private, write_private
 from login.tokens import Entry
@@ -533,7 +532,7 @@ class Manage:
 
     async def _providers(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         entries = await self._entries()
-        providers = [p for p in _ordered() if caller.admits(p.name)]
+        providers = [p for p in PROVIDERS.values() if caller.admits(p.name)]
         return _json(
             {
                 "now": time.time(),
@@ -616,11 +615,10 @@ class Manage:
         bucket = _bucket(flow)
         caller.require(p.name, bucket)
         out: dict[str, Any] = {"provider": p.name, "bucket": bucket}
-        if isinstance(p, GoogleProvider):
-            # Code Assist has no listing keyswap can rely on: what keyswap itself serves.
-            models = [{"id": m, "name": m} for m in p.models]
+        if (known := p.known_models()) is not None:
+            models = [{"id": m, "name": m} for m in known]
             return _json({**out, "source": "keyswap", "models": models})
-        if p.name not in ("copilot", "codex"):
+        if p.models_path is None:
             return _json(
                 {
                     **out,
@@ -634,13 +632,12 @@ class Manage:
             access = await tokens.access(p.name, bucket)
         except KeyswapError as exc:
             raise ApiError(409, str(exc)) from None
-        params = [("client_version", "0.50.0")] if p.name == "codex" else []
         try:
-            to = destination(access, "/models", params)
+            to = destination(access, p.models_path, p.models_query())
         except Refused as exc:
             raise ApiError(exc.status, str(exc)) from None
         url = f"{to.scheme}://{to.authority}{to.path}"
-        headers = {"Accept": "application/json", **access.headers("/models", {}, b"")}
+        headers = {"Accept": "application/json", **access.headers(p.models_path, {}, b"")}
         try:
             resp = await tokens.http.get(url, headers=headers, timeout=30)
         except httpx.HTTPError as exc:
@@ -746,12 +743,6 @@ _USERS_ONLY = (
     "logging in and out, pasting and cancelling are the user's, not a client's "
     f"(a {CLIENT_HEADER} may read and reset its own buckets)"
 )
-_ORDER = ("copilot", "codex", "anthropic", "gemini", "antigravity")
-
-
-def _ordered() -> list[Provider]:
-    rank = {name: i for i, name in enumerate(_ORDER)}
-    return sorted(PROVIDERS.values(), key=lambda p: (rank.get(p.name, len(rank)), p.name))
 
 
 def _host(host: str) -> str:
@@ -796,7 +787,7 @@ def _pasted_text(req: http.Request) -> str:
 
 
 def _model_rows(data: Any) -> list[dict[str, Any]]:
-    """OpenAI-style `{"data": [...]}` (Copilot) or Codex's `{"models": [...]}`, reduced to
+    """An OpenAI-style `{"data": [...]}` or a `{"models": [...]}` listing, reduced to
     what a person choosing a model needs."""
     items = (data.get("data") or data.get("models") or []) if isinstance(data, dict) else []
     rows = []

@@ -20,12 +20,13 @@ from .ui import Console
 
 DEFAULT_BUCKET = "default"
 
-_EPILOG = """\
+_FIRST, _SECOND = (*PROVIDERS.values(), *PROVIDERS.values())[:2]
+_EPILOG = f"""\
 examples:
-  python -m login copilot                 sign in to GitHub Copilot
-  python -m login codex work@me.com       a second ChatGPT account, as bucket "work@me.com"
+  python -m login {_FIRST.name:<23} sign in to {_FIRST.title}
+  python -m login {_SECOND.name + " work":<23} another {_SECOND.title} account, as bucket "work"
   python -m login status                  what is logged in, and until when
-  python -m login logout codex --all      forget every ChatGPT login
+  python -m login logout {_SECOND.name + " --all":<16} forget every {_SECOND.title} login
 
 Tokens are kept in the OS keyring (or an encrypted file where none works;
 KEYSWAP_STORE=keyring|file chooses). Config: --config PATH, $KEYSWAP_CONFIG,

@@ -18,7 +18,7 @@ class Credential(BaseModel):
     """Tokens are `SecretStr`, so a stray repr or log line shows `**********`.
 
     `refresh_token` is whatever mints the next access token: an OAuth refresh
-    token, or for Copilot the GitHub token that is exchanged for a Copilot token.
+    token, or a long-lived token a provider exchanges for short-lived API tokens.
     """
 
     model_config = ConfigDict(extra="ignore")

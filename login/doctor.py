@@ -35,6 +35,7 @@ from .config import is_loopback_host, load_config
 from .credential import expiry_text
 from .env import DEFAULT_CONFDIR, bundle_content, bundle_path, ca_path
 from .errors import KeyswapError
+from .providers import PROVIDERS
 from .store import keyrings
 from .store.paths import data_dir
 from .tokens import BAD_STATES, Entry, TokenService
@@ -476,7 +477,7 @@ def check_logins(config_path: str | None) -> list[Check]:
             Check(
                 "fail",
                 "no stored logins: the proxy has no token to swap in",
-                "python -m login <provider> (copilot, codex, anthropic, gemini, antigravity)",
+                f"python -m login <provider> ({', '.join(PROVIDERS)})",
             )
         ]
     return [_login_check(e) for e in entries]

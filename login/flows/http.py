@@ -22,7 +22,7 @@ def body_of(response: httpx.Response) -> dict[str, Any]:
 
 
 def error_code(data: dict[str, Any]) -> str | None:
-    """`error` as RFC 6749 puts it, or the code inside an `{"error": {...}}` object (OpenAI)."""
+    """`error` as RFC 6749 puts it, or the code inside an `{"error": {...}}` object."""
     err = data.get("error")
     if isinstance(err, str):
         return err

@@ -1,5 +1,5 @@
 """The built-in providers. Each module that defines `PROVIDER` is one; adding a provider
-means adding one module here."""
+means adding one module here. PROVIDERS lists them in their `order`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _discover() -> dict[str, Provider]:
         provider = getattr(importlib.import_module(f"{__name__}.{info.name}"), "PROVIDER", None)
         if isinstance(provider, Provider):
             found[provider.name] = provider
-    return found
+    return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
 
 
 PROVIDERS: dict[str, Provider] = _discover()

@@ -1,5 +1,5 @@
 """Anthropic Claude Pro/Max: auth code + PKCE with the Claude Code client; the user
-pastes the `code#state` the callback page shows (providers.md §5).
+pastes the `code#state` the callback page shows (docs/providers.md §5).
 
 Both tokens rotate on refresh and the old pair dies at once, so refreshes must be
 serialised across processes (the token service does that for every provider).
@@ -42,6 +42,7 @@ class Anthropic(Provider):
 
 PROVIDER = Anthropic(
     name="anthropic",
+    order=30,
     title="Claude (Pro/Max)",
     flow="auth_code",
     client_id="9d1c250a-e61b-44d9-88ed-5944d1962f5e",

@@ -1,4 +1,4 @@
-"""Antigravity via Google login (providers.md §4). Google's terms may not allow this use;
+"""Antigravity via Google login (docs/providers.md §4). Google's terms may not allow this use;
 the README says so."""
 
 from .google import (
@@ -11,6 +11,7 @@ from .google import (
 
 PROVIDER = GoogleProvider(
     name="antigravity",
+    order=50,
     title="Antigravity",
     flow="auth_code",
     client_id="1071006060591-tmhssin2h21lcre235vtolojh4g403ep.apps.googleusercontent.com",

@@ -150,7 +150,7 @@ class Provider(BaseModel):
     title: str
     flow: Literal["device", "auth_code"]
     client_id: str
-    # Installed-app secrets that the vendors publish in their own CLIs (Google); not secret.
+    # Installed-app secrets that the vendors publish in their own CLIs; not secret.
     client_secret: str | None = None
     scopes: tuple[str, ...]
     endpoints: dict[str, str]
@@ -175,6 +175,11 @@ class Provider(BaseModel):
     # Hosts the token may be delivered to, besides the `api` endpoint's host; a leading
     # "." admits subdomains.
     api_hosts: tuple[str, ...] = ()
+    # Where this provider is listed among the others (status page, help, doctor).
+    order: int = 100
+    # The account's models for the status page: a GET of this path under the API base
+    # (with `models_query()`); None when the provider has no listing keyswap reads.
+    models_path: str | None = None
 
     # -- login ---------------------------------------------------------------------------
 
@@ -339,8 +344,8 @@ class Provider(BaseModel):
         self, bucket: str, tokens: dict[str, Any], previous: Credential | None = None
     ) -> Credential:
         """The answer as a credential; never fails, whatever the answer holds. Keeps the old
-        refresh token when the answer carries none (Google does not rotate). An answer with no
-        usable access token gives an expired credential, refreshed again on its next use."""
+        refresh token when the answer carries none (not every provider rotates it). An answer
+        with no usable access token gives an expired credential, refreshed on its next use."""
         now = time.time()
         access = token_text(tokens.get("access_token"))
         refresh = token_text(tokens.get("refresh_token")) or (
@@ -372,6 +377,14 @@ class Provider(BaseModel):
 
     def api_base(self, cred: Credential, endpoints: Mapping[str, str]) -> str:
         return endpoints["api"].rstrip("/")
+
+    def models_query(self) -> list[tuple[str, str]]:
+        """The query of the models listing (`models_path`)."""
+        return []
+
+    def known_models(self) -> tuple[str, ...] | None:
+        """The models keyswap serves without asking the provider, if it knows them."""
+        return None
 
     def may_deliver_to(self, host: str, endpoints: Mapping[str, str]) -> bool:
         """Whether a token of this provider may be sent to `host`."""

@@ -1,5 +1,5 @@
 """OpenAI Codex (ChatGPT Plus/Pro): auth code + PKCE against auth.openai.com with the
-Codex CLI's client; the ChatGPT account id comes from the id_token (providers.md §2)."""
+Codex CLI's client; the ChatGPT account id comes from the id_token (docs/providers.md §2)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Codex(Provider):
         return cred.model_copy(update=update)
 
     def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
-        """The ChatGPT backend takes only stateless streamed Responses (providers.md §2.3)."""
+        """The ChatGPT backend takes only stateless streamed Responses (docs/providers.md §2.3)."""
         if call.method != "POST" or not call.path.endswith("/responses"):
             return call
         body = call.json()
@@ -64,6 +64,10 @@ class Codex(Provider):
         prepared.headers.append(("accept", "text/event-stream"))
         prepared.notes["stream"] = shape.stream is True
         return prepared
+
+    def models_query(self) -> list[tuple[str, str]]:
+        # The backend lists only the models a client of this version may use.
+        return [("client_version", "0.50.0")]
 
     def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
         if status != 200 or call.notes.get("stream", True):
@@ -108,6 +112,8 @@ def _final_response(event: dict[str, Any]) -> dict[str, Any] | None:
 
 PROVIDER = Codex(
     name="codex",
+    order=20,
+    models_path="/models",
     title="ChatGPT (Codex)",
     flow="auth_code",
     client_id="app_EMoamEEZ73f0CkXaXp7hrann",

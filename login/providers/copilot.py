@@ -1,5 +1,5 @@
 """GitHub Copilot: GitHub device flow, then the GitHub token is exchanged for a
-short-lived Copilot token (providers.md §1)."""
+short-lived Copilot token (docs/providers.md §1)."""
 
 from __future__ import annotations
 
@@ -207,6 +207,8 @@ _HOSTS = (
 
 PROVIDER = Copilot(
     name="copilot",
+    order=10,
+    models_path="/models",
     title="GitHub Copilot",
     flow="device",
     client_id="Iv1.b507a08c87ecfe98",

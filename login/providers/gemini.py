@@ -1,4 +1,4 @@
-"""Gemini Code Assist via Google login, with gemini-cli's OAuth client (providers.md §3).
+"""Gemini Code Assist via Google login, with gemini-cli's OAuth client (docs/providers.md §3).
 
 The individual ("Login with Google") tier ended 2026-06-18; Code Assist Standard and
 Enterprise accounts with a Google Cloud project still work.
@@ -14,6 +14,7 @@ from .google import (
 
 PROVIDER = GoogleProvider(
     name="gemini",
+    order=40,
     title="Gemini Code Assist",
     flow="auth_code",
     client_id="681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com",

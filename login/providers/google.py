@@ -1,5 +1,5 @@
 """What Gemini Code Assist and Antigravity share: Google's loopback OAuth and the Code Assist
-project discovery of gemini-cli's `setup.ts` (providers.md §3.4, §4.1)."""
+project discovery of gemini-cli's `setup.ts` (docs/providers.md §3.4, §4.1)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class GoogleProvider(Provider):
     ide_metadata: dict[str, str]
     # Project used when Code Assist names none (Antigravity's public fallback).
     fallback_project: str | None = None
-    # Fields the envelope carries besides model/project/request (providers.md §3.3, §4.2).
+    # Fields the envelope carries besides model/project/request (docs/providers.md §3.3, §4.2).
     envelope: dict[str, str] = Field(default_factory=dict)
     # Request fields the backend refuses.
     drop_fields: tuple[str, ...] = ()
@@ -125,6 +125,10 @@ class GoogleProvider(Provider):
 
     def may_deliver_to(self, host: str, endpoints: Mapping[str, str]) -> bool:
         return host == httpx.URL(endpoints["code_assist"]).host
+
+    def known_models(self) -> tuple[str, ...]:
+        # Code Assist has no listing keyswap can rely on: what keyswap itself serves.
+        return self.models
 
     def model_of(self, call: ApiCall) -> str | None:
         found = _MODEL_PATH.fullmatch(call.path)
