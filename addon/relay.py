@@ -411,30 +411,16 @@ class _RelayConnection(asyncio.Protocol):
     # -- requests -----------------------------------------------------------------------
 
     def _next(self) -> None:
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > _MAX_HEAD:
-                self._close()
-            return
-        lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
-        method = lines[0].partition(" ")[0]
-        ticket, length = "", 0
-        for line in lines[1:]:
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key == TICKET_HEADER:
-                ticket = value.strip()
-            elif key == "content-length" and value.strip().isdigit():
-                length = int(value)
-            elif key == "transfer-encoding":
-                length = _MAX_HEAD + 1
-        if length > _MAX_HEAD:
+        try:
+            request = _read_request(self.buffer)
+        except _NotOurs:
             # The addon sends nothing but the ticket: this is not keyswap's own request.
             self._close()
             return
-        if len(self.buffer) < end + 4 + length:
+        if request is None:
             return
-        del self.buffer[: end + 4 + length]
+        method, ticket, size = request
+        del self.buffer[:size]
         self.busy = True
         task = asyncio.get_running_loop().create_task(self._serve(method, ticket))
         if not task.done():  # mitmproxy's loop runs tasks eagerly: it may be over already
@@ -519,9 +505,9 @@ class _RelayConnection(asyncio.Protocol):
         self._send(_head(status, reason, [*headers, _CHUNKED]))
         async for chunk in body:
             if out := redactor.feed(chunk):
-                await self._pass(b"%x\r\n%b\r\n" % (len(out), out))
+                await self._pass(_chunk(out))
         out = redactor.end()
-        self._send((b"%x\r\n%b\r\n" % (len(out), out) if out else b"") + b"0\r\n\r\n")
+        self._send((_chunk(out) if out else b"") + b"0\r\n\r\n")
 
     def _whole(
         self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, head_only: bool
@@ -546,6 +532,41 @@ class _RelayConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class _NotOurs(Exception):
+    """A request the addon never sends (a body, or a head past the limit)."""
+
+
+def _read_request(buffer: bytearray) -> tuple[str, str, int] | None:
+    """The method, ticket and size (head and body) of the request at the start of `buffer`;
+    None while it is incomplete."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > _MAX_HEAD:
+            raise _NotOurs
+        return None
+    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    method = lines[0].partition(" ")[0]
+    ticket, length = "", 0
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == TICKET_HEADER:
+            ticket = value.strip()
+        elif key == "content-length" and value.strip().isdigit():
+            length = int(value)
+        elif key == "transfer-encoding":
+            length = _MAX_HEAD + 1
+    if length > _MAX_HEAD:
+        raise _NotOurs
+    if len(buffer) < end + 4 + length:
+        return None
+    return method, ticket, end + 4 + length
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
