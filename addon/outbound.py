@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from login import http1
+
 _IDLE_SECONDS = 50.0  # below the usual server keep-alive timeouts (60 s and up)
 _MAX_IDLE = 256  # per destination; a busy proxy keeps one per request in flight
 _MAX_HEAD = 256 * 1024
@@ -295,7 +297,7 @@ class Outbound:
             if auth := self._proxy_auth():
                 lines.append(f"Proxy-Authorization: {auth}")
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            status, _, _ = _parse_head(await _read_head(reader))
+            _, status, _, _ = _parse_head(await _read_head(reader))
             if not 200 <= status < 300:
                 raise UpstreamError(f"the upstream proxy refused {target.host} ({status})")
             await writer.start_tls(tls, server_hostname=target.host)
@@ -332,8 +334,9 @@ class Outbound:
             path = f"http://{target.authority}{path}"
         lines = [f"{method} {path} HTTP/1.1", f"Host: {target.authority}"]
         for key, value in headers:
-            if "\r" in value or "\n" in value or "\r" in key or "\n" in key or ":" in key:
-                raise UpstreamError(f"refusing a header with a line break or colon: {key!r}")
+            if not http1.sendable(key, value):
+                why = "a line break, NUL or a name that is not a token"
+                raise UpstreamError(f"refusing a header with {why}: {key[:40]!r}")
             lines.append(f"{key}: {value}")
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
@@ -346,24 +349,25 @@ class Outbound:
             async with asyncio.timeout(self.read_timeout):
                 while True:
                     raw = await _read_head(conn.reader, stale=conn.reused)
-                    status, reason, headers = _parse_head(raw)
+                    old, status, reason, head = _parse_head(raw)
                     if not 100 <= status < 200 or status == 101:
                         break
         except TimeoutError:
             raise UpstreamTimeout(f"{target.host} did not answer in time") from None
-        lookup = {k.lower(): v for k, v in headers}
-        framing = lookup.get("transfer-encoding", "").lower()
-        connection = lookup.get("connection", "").lower()
+        connection = ",".join(v for k, v in head.headers if k.lower() == "connection").lower()
         # HTTP/1.0 closes unless it says keep-alive; HTTP/1.1 keeps alive unless it says close.
-        old = raw.startswith(b"HTTP/1.0")
+        # An answer with both Transfer-Encoding and Content-Length is read as chunked (RFC 9112
+        # §6.3), but whoever sent it may have meant the length: what follows on this
+        # connection might be the rest of this answer, so the connection is not used again.
         closes = "close" in connection or (old and "keep-alive" not in connection)
+        closes = closes or head.ambiguous
         if method == "HEAD" or status in _NO_BODY:
             body: AsyncIterator[bytes] = _nothing()
             length: int | None = 0
-        elif "chunked" in framing:
+        elif head.chunked:
             body, length = self._chunked(conn), None
-        elif (declared := lookup.get("content-length")) is not None:
-            length = _length(declared)
+        elif head.length is not None:
+            length = head.length
             body = self._sized(conn, length)
         else:
             body, length, closes = self._until_close(conn), None, True
@@ -384,6 +388,8 @@ class Outbound:
                     yield chunk
             except TimeoutError:
                 raise UpstreamTimeout(f"{target.host} stopped sending") from None
+            except http1.Malformed as exc:
+                raise UpstreamError(f"{target.host} sent a malformed answer: {exc}") from None
             except _BROKEN as exc:
                 raise UpstreamError(f"{target.host} broke off the answer ({_why(exc)})") from None
             done()
@@ -398,8 +404,8 @@ class Outbound:
                 conn.close()
             else:
                 self._put(target, conn)
-            return Response(status, reason, headers, _nothing(), close)
-        return Response(status, reason, headers, tracked(), close)
+            return Response(status, reason, head.headers, _nothing(), close)
+        return Response(status, reason, head.headers, tracked(), close)
 
     async def _sized(self, conn: _Connection, length: int) -> AsyncIterator[bytes]:
         left = length
@@ -415,15 +421,14 @@ class Outbound:
         reader = conn.reader
         while True:
             async with asyncio.timeout(self.read_timeout):
-                line = await reader.readuntil(b"\r\n")
-                size = int(line.split(b";", 1)[0].strip(), 16)
+                size = http1.chunk_size(await reader.readuntil(b"\r\n"))
                 if size == 0:
                     while await reader.readuntil(b"\r\n") != b"\r\n":
                         pass  # trailers
                     return
                 data = await reader.readexactly(size + 2)
             if data[-2:] != b"\r\n":
-                raise ValueError("bad chunk")
+                raise http1.Malformed("a chunk longer than its size")
             yield data[:-2]
 
     async def _until_close(self, conn: _Connection) -> AsyncIterator[bytes]:
@@ -460,26 +465,15 @@ async def _read_head(reader: asyncio.StreamReader, stale: bool = False) -> bytes
         raise UpstreamError(f"the connection broke ({_why(exc)})") from None
 
 
-def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise UpstreamError("the provider did not answer in HTTP/1.1")
-    headers = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        key, sep, value = line.partition(":")
-        if not sep or not key or key != key.strip():
-            raise UpstreamError("the provider sent a malformed header")
-        headers.append((key, value.strip()))
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
-
-
-def _length(value: str) -> int:
-    if not value.strip().isdigit():
-        raise UpstreamError(f"the provider sent a bad Content-Length ({value!r})")
-    return int(value)
+def _parse_head(raw: bytes) -> tuple[bool, int, str, http1.Head]:
+    """An answer's head: whether it is HTTP/1.0, its status, reason and fields. Anything
+    malformed is refused (login.http1): the answer cannot be trusted, nor the connection."""
+    start, _, block = raw[:-2].partition(b"\r\n")
+    try:
+        minor, status, reason = http1.status_line(start)
+        return minor == 0, status, reason, http1.fields(block)
+    except http1.Malformed as exc:
+        raise UpstreamError(f"the provider sent a malformed answer: {exc}") from None
 
 
 def _why(exc: BaseException) -> str:

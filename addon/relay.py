@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import secrets
 import socket
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 from mitmproxy.net import encoding
 
+from login import http1
 from login.config import is_loopback_host
 from login.errors import ClientError, KeyswapError, NeedsLogin
 from login.providers.base import ApiCall, LocalReply, Provider, Route
@@ -417,6 +419,9 @@ class _RelayConnection(asyncio.Protocol):
             # The addon sends nothing but the ticket: this is not keyswap's own request.
             self._close()
             return
+        except http1.Malformed as exc:
+            self._refuse(str(exc))
+            return
         if request is None:
             return
         method, ticket, size = request
@@ -425,6 +430,23 @@ class _RelayConnection(asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(self._serve(method, ticket))
         if not task.done():  # mitmproxy's loop runs tasks eagerly: it may be over already
             self.task = task
+
+    def _refuse(self, why: str) -> None:
+        """A 400 for a request whose head is malformed, then the connection closes: where
+        its body ends, and so where a next request would begin, is unknown. In the API's
+        shape if it carries a live ticket (the ticket is spent), else as bare as the 403
+        for a request without one."""
+        found = _TICKET_LINE.search(self.buffer, 0, self.buffer.find(b"\r\n\r\n") + 2)
+        ticket = found[1].decode("ascii") if found else ""  # before the buffer it views goes
+        self.buffer.clear()
+        self.busy = True  # nothing more is read from this connection
+        job = self.relay.take(ticket) if ticket else None
+        headers, body = [("connection", "close")], b""
+        if job is not None:
+            answer = _error(job.route.dialect, 400, f"a malformed request: {why}")
+            headers, body = [*answer.headers, *headers], answer.body
+        self._send(_head(400, "Bad Request", [*headers, ("content-length", str(len(body)))]) + body)
+        self._close()
 
     async def _serve(self, method: str, ticket: str) -> None:
         try:
@@ -540,28 +562,26 @@ class _NotOurs(Exception):
 
 def _read_request(buffer: bytearray) -> tuple[str, str, int] | None:
     """The method, ticket and size (head and body) of the request at the start of `buffer`;
-    None while it is incomplete."""
+    None while it is incomplete. http1.Malformed for a head no HTTP/1.1 client may send:
+    conflicting Content-Length, Transfer-Encoding beside Content-Length (the two framings
+    are how requests are smuggled past a proxy that reads the other one), a field name that
+    is not a token, a folded line."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         if len(buffer) > _MAX_HEAD:
             raise _NotOurs
         return None
-    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-    method = lines[0].partition(" ")[0]
-    ticket, length = "", 0
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == TICKET_HEADER:
-            ticket = value.strip()
-        elif key == "content-length" and value.strip().isdigit():
-            length = int(value)
-        elif key == "transfer-encoding":
-            length = _MAX_HEAD + 1
-    if length > _MAX_HEAD:
+    start = buffer.find(b"\r\n")
+    method = http1.request_method(bytes(buffer[:start]))
+    head = http1.fields(bytes(buffer[start + 2 : end + 2]))
+    if head.ambiguous:
+        raise http1.Malformed("Transfer-Encoding together with Content-Length")
+    length = head.length or 0
+    if head.chunked or length > _MAX_HEAD:
         raise _NotOurs
     if len(buffer) < end + 4 + length:
         return None
+    ticket = next((v for k, v in head.headers if k.lower() == TICKET_HEADER), "")
     return method, ticket, end + 4 + length
 
 
@@ -576,6 +596,10 @@ def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
 
 
 _CHUNKED = ("transfer-encoding", "chunked")
+# A ticket is token_urlsafe and a serial number.
+_TICKET_LINE = re.compile(
+    rb"\r\n" + TICKET_HEADER.encode() + rb":[ \t]*([A-Za-z0-9_-]+)[ \t]*\r\n", re.I
+)
 _DECODABLE = {"gzip", "deflate", "br", "zstd"}
 _MAX_HEAD = 64 * 1024
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
