@@ -333,16 +333,18 @@ class Outbound:
         if self._proxy is not None and target.scheme == "http":
             path = f"http://{target.authority}{path}"
         lines = [f"{method} {path} HTTP/1.1", f"Host: {target.authority}"]
-        for key, value in headers:
-            if not http1.sendable(key, value):
-                why = "a line break, NUL or a name that is not a token"
-                raise UpstreamError(f"refusing a header with {why}: {key[:40]!r}")
-            lines.append(f"{key}: {value}")
+        lines.extend(f"{key}: {value}" for key, value in headers)
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
         if self._proxy is not None and target.scheme == "http" and (auth := self._proxy_auth()):
             lines.append(f"Proxy-Authorization: {auth}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # A line break or NUL in a value, or a name that is not a token, could end the head
+        # early or add fields (a second Content-Length): refused before anything is sent.
+        # One pass over the whole head; each header is looked at only to name the culprit.
+        if not http1.well_formed(head, len(lines)) or any(":" in k for k, _ in headers):
+            _refuse_fields(headers)
+        return head
 
     async def _response(self, conn: _Connection, target: Target, method: str) -> Response:
         try:
@@ -474,6 +476,14 @@ def _parse_head(raw: bytes) -> tuple[bool, int, str, http1.Head]:
         return minor == 0, status, reason, http1.fields(block)
     except http1.Malformed as exc:
         raise UpstreamError(f"the provider sent a malformed answer: {exc}") from None
+
+
+def _refuse_fields(headers: list[tuple[str, str]]) -> None:
+    for key, value in headers:
+        if not http1.sendable(key, value):
+            why = "a line break, NUL or a name that is not a token"
+            raise UpstreamError(f"refusing a header with {why}: {key[:40]!r}")
+    raise UpstreamError("refusing a malformed request head")
 
 
 def _why(exc: BaseException) -> str:

@@ -47,6 +47,15 @@ class Head:
     ambiguous: bool = False
 
 
+def well_formed(head: bytes, lines: int) -> bool:
+    """Whether `head` (a start line and field lines, each ending in CRLF, then CRLF), built
+    from `lines` lines, has exactly those lines, each field line a name token, a colon and
+    a value without CR, LF or NUL. (A name with a colon in it still passes: check names.)"""
+    if head.count(b"\r\n") != lines + 1:
+        return False
+    return _FIELD_LINES.fullmatch(head, head.index(b"\r\n") + 2, len(head) - 2) is not None
+
+
 def sendable(name: str, value: str) -> bool:
     """Whether a field goes out as itself: a token for a name, no CR, LF or NUL in the
     value (else it could end the head early or add fields of its own)."""

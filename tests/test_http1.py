@@ -125,3 +125,14 @@ def test_what_may_be_sent() -> None:
     assert http1.sendable("X-Api-Key", "a b\tc")
     for name, value in [("X A", "b"), ("X:A", "b"), ("", "b"), ("X", "b\r\nY: c"), ("X", "\x00")]:
         assert not http1.sendable(name, value)
+
+
+def test_a_built_head_is_well_formed_only_with_the_lines_it_was_built_from() -> None:
+    lines = ["GET / HTTP/1.1", "Host: h", "X-A: b"]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    assert http1.well_formed(head, len(lines))
+    assert http1.well_formed(b"GET / HTTP/1.1\r\n\r\n", 1)
+    smuggled = ["GET / HTTP/1.1", "X-A: b\r\nContent-Length: 5"]  # two lines where one was
+    assert not http1.well_formed(("\r\n".join(smuggled) + "\r\n\r\n").encode(), len(smuggled))
+    for bad in ("X A: b", "X-A: b\nc", "X-A: \x00", ": b"):
+        assert not http1.well_formed(f"GET / HTTP/1.1\r\n{bad}\r\n\r\n".encode(), 2)
