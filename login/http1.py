@@ -1,8 +1,8 @@
 """HTTP/1.1 message heads, read strictly: shared by keyswap's hand-written HTTP/1.1 (the
 relay's client `addon.outbound`, its server `addon.relay`, and the doctor).
 
-h11 would do this as well, but costs 0.08-0.2 ms more CPU per request than these parsers
-(`python -m bench.micro`, bench/RESULTS.md), about a third of all keyswap adds to a request.
+h11 would do this as well, but costs 0.06-0.13 ms more CPU per request than these parsers
+(`python -m bench.micro`, bench/RESULTS.md), up to a quarter of what keyswap adds to a request.
 So the parsers stay, and this is where they are strict: wherever two readers could disagree
 on where a message ends or which fields it has (request smuggling, response splitting), the
 message is refused instead of guessed at. RFC 9112 §2-§7, RFC 9110 §5 and §8.6.
