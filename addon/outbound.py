@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from login import http1
+
 _IDLE_SECONDS = 50.0  # below the usual server keep-alive timeouts (60 s and up)
 _MAX_IDLE = 256  # per destination; a busy proxy keeps one per request in flight
 _MAX_HEAD = 256 * 1024
@@ -305,7 +307,7 @@ class Outbound:
             if self._proxy_auth:
                 lines.append(f"Proxy-Authorization: {self._proxy_auth}")
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            status, _, _ = _parse_head(await _read_head(reader))
+            _, status, _, _ = _parse_head(await _read_head(reader))
             if not 200 <= status < 300:
                 raise UpstreamError(self._refused(target, status))
             await writer.start_tls(tls, server_hostname=target.host)
@@ -343,39 +345,43 @@ class Outbound:
         if self._proxy is not None and target.scheme == "http":
             path = f"http://{target.authority}{path}"
         lines = [f"{method} {path} HTTP/1.1", f"Host: {target.authority}"]
-        for key, value in headers:
-            if "\r" in value or "\n" in value or "\r" in key or "\n" in key or ":" in key:
-                raise UpstreamError(f"refusing a header with a line break or colon: {key!r}")
-            lines.append(f"{key}: {value}")
+        lines.extend(f"{key}: {value}" for key, value in headers)
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
         if self._proxy is not None and target.scheme == "http" and self._proxy_auth:
             lines.append(f"Proxy-Authorization: {self._proxy_auth}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # A line break or NUL in a value, or a name that is not a token, could end the head
+        # early or add fields (a second Content-Length): refused before anything is sent.
+        # One pass over the whole head; each header is looked at only to name the culprit.
+        if not http1.well_formed(head, len(lines)) or any(":" in k for k, _ in headers):
+            _refuse_fields(headers)
+        return head
 
     async def _response(self, conn: _Connection, target: Target, method: str) -> Response:
         try:
             async with asyncio.timeout(self.read_timeout):
                 while True:
                     raw = await _read_head(conn.reader, stale=conn.reused)
-                    status, reason, headers = _parse_head(raw)
+                    old, status, reason, head = _parse_head(raw)
                     if not 100 <= status < 200 or status == 101:
                         break
         except TimeoutError:
             raise UpstreamTimeout(f"{target.host} did not answer in time") from None
-        lookup = {k.lower(): v for k, v in headers}
-        framing = lookup.get("transfer-encoding", "").lower()
-        connection = lookup.get("connection", "").lower()
+        connection = ",".join(v for k, v in head.headers if k.lower() == "connection").lower()
         # HTTP/1.0 closes unless it says keep-alive; HTTP/1.1 keeps alive unless it says close.
-        old = raw.startswith(b"HTTP/1.0")
+        # An answer with both Transfer-Encoding and Content-Length is read as chunked (RFC 9112
+        # §6.3), but whoever sent it may have meant the length: what follows on this
+        # connection might be the rest of this answer, so the connection is not used again.
         closes = "close" in connection or (old and "keep-alive" not in connection)
+        closes = closes or head.ambiguous
         if method == "HEAD" or status in _NO_BODY:
             body: AsyncIterator[bytes] = _nothing()
             length: int | None = 0
-        elif "chunked" in framing:
+        elif head.chunked:
             body, length = self._chunked(conn), None
-        elif (declared := lookup.get("content-length")) is not None:
-            length = _length(declared)
+        elif head.length is not None:
+            length = head.length
             body = self._sized(conn, length)
         else:
             body, length, closes = self._until_close(conn), None, True
@@ -396,6 +402,8 @@ class Outbound:
                     yield chunk
             except TimeoutError:
                 raise UpstreamTimeout(f"{target.host} stopped sending") from None
+            except http1.Malformed as exc:
+                raise UpstreamError(f"{target.host} sent a malformed answer: {exc}") from None
             except _BROKEN as exc:
                 raise UpstreamError(f"{target.host} broke off the answer ({_why(exc)})") from None
             done()
@@ -410,8 +418,8 @@ class Outbound:
                 conn.close()
             else:
                 self._put(target, conn)
-            return Response(status, reason, headers, _nothing(), close)
-        return Response(status, reason, headers, tracked(), close)
+            return Response(status, reason, head.headers, _nothing(), close)
+        return Response(status, reason, head.headers, tracked(), close)
 
     async def _sized(self, conn: _Connection, length: int) -> AsyncIterator[bytes]:
         left = length
@@ -427,15 +435,14 @@ class Outbound:
         reader = conn.reader
         while True:
             async with asyncio.timeout(self.read_timeout):
-                line = await reader.readuntil(b"\r\n")
-                size = int(line.split(b";", 1)[0].strip(), 16)
+                size = http1.chunk_size(await reader.readuntil(b"\r\n"))
                 if size == 0:
                     while await reader.readuntil(b"\r\n") != b"\r\n":
                         pass  # trailers
                     return
                 data = await reader.readexactly(size + 2)
             if data[-2:] != b"\r\n":
-                raise ValueError("bad chunk")
+                raise http1.Malformed("a chunk longer than its size")
             yield data[:-2]
 
     async def _until_close(self, conn: _Connection) -> AsyncIterator[bytes]:
@@ -472,26 +479,23 @@ async def _read_head(reader: asyncio.StreamReader, stale: bool = False) -> bytes
         raise UpstreamError(f"the connection broke ({_why(exc)})") from None
 
 
-def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise UpstreamError("the provider did not answer in HTTP/1.1")
-    headers = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        key, sep, value = line.partition(":")
-        if not sep or not key or key != key.strip():
-            raise UpstreamError("the provider sent a malformed header")
-        headers.append((key, value.strip()))
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+def _parse_head(raw: bytes) -> tuple[bool, int, str, http1.Head]:
+    """An answer's head: whether it is HTTP/1.0, its status, reason and fields. Anything
+    malformed is refused (login.http1): the answer cannot be trusted, nor the connection."""
+    start, _, block = raw[:-2].partition(b"\r\n")
+    try:
+        minor, status, reason = http1.status_line(start)
+        return minor == 0, status, reason, http1.fields(block)
+    except http1.Malformed as exc:
+        raise UpstreamError(f"the provider sent a malformed answer: {exc}") from None
 
 
-def _length(value: str) -> int:
-    if not value.strip().isdigit():
-        raise UpstreamError(f"the provider sent a bad Content-Length ({value!r})")
-    return int(value)
+def _refuse_fields(headers: list[tuple[str, str]]) -> None:
+    for key, value in headers:
+        if not http1.sendable(key, value):
+            why = "a line break, NUL or a name that is not a token"
+            raise UpstreamError(f"refusing a header with {why}: {key[:40]!r}")
+    raise UpstreamError("refusing a malformed request head")
 
 
 def _why(exc: BaseException) -> str:

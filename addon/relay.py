@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 
+from login import http1
 from login.errors import KeyswapError
 from login.providers.streams import Reshaper
 
@@ -145,34 +147,40 @@ class _RelayConnection(asyncio.Protocol):
     # -- requests -----------------------------------------------------------------------
 
     def _next(self) -> None:
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > _MAX_HEAD:
-                self._close()
-            return
-        lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
-        method = lines[0].partition(" ")[0]
-        ticket, length = "", 0
-        for line in lines[1:]:
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key == TICKET_HEADER:
-                ticket = value.strip()
-            elif key == "content-length" and value.strip().isdigit():
-                length = int(value)
-            elif key == "transfer-encoding":
-                length = _MAX_HEAD + 1
-        if length > _MAX_HEAD:
+        try:
+            request = _read_request(self.buffer)
+        except _NotOurs:
             # The addon sends nothing but the ticket: this is not keyswap's own request.
             self._close()
             return
-        if len(self.buffer) < end + 4 + length:
+        except http1.Malformed as exc:
+            self._refuse(str(exc))
             return
-        del self.buffer[: end + 4 + length]
+        if request is None:
+            return
+        method, ticket, size = request
+        del self.buffer[:size]
         self.busy = True
         task = asyncio.get_running_loop().create_task(self._serve(method, ticket))
         if not task.done():  # mitmproxy's loop runs tasks eagerly: it may be over already
             self.task = task
+
+    def _refuse(self, why: str) -> None:
+        """A 400 for a request whose head is malformed, then the connection closes: where
+        its body ends, and so where a next request would begin, is unknown. In the API's
+        shape if it carries a live ticket (the ticket is spent), else as bare as the 403
+        for a request without one."""
+        found = _TICKET_LINE.search(self.buffer, 0, self.buffer.find(b"\r\n\r\n") + 2)
+        ticket = found[1].decode("ascii") if found else ""  # before the buffer it views goes
+        self.buffer.clear()
+        self.busy = True  # nothing more is read from this connection
+        job = self.relay.take(ticket) if ticket else None
+        headers, body = [("connection", "close")], b""
+        if job is not None:
+            answer = error_answer(job.route.dialect, 400, f"a malformed request: {why}")
+            headers, body = [*answer.headers, *headers], answer.body
+        self._send(_head(400, "Bad Request", [*headers, ("content-length", str(len(body)))]) + body)
+        self._close()
 
     async def _serve(self, method: str, ticket: str) -> None:
         try:
@@ -255,9 +263,9 @@ class _RelayConnection(asyncio.Protocol):
         self._send(_head(status, reason, [*headers, _CHUNKED]))
         async for chunk in body:
             if out := redactor.feed(chunk):
-                await self._pass(b"%x\r\n%b\r\n" % (len(out), out))
+                await self._pass(_chunk(out))
         out = redactor.end()
-        self._send((b"%x\r\n%b\r\n" % (len(out), out) if out else b"") + b"0\r\n\r\n")
+        self._send((_chunk(out) if out else b"") + b"0\r\n\r\n")
 
     def _whole(
         self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, head_only: bool
@@ -284,6 +292,39 @@ class _RelayConnection(asyncio.Protocol):
             self.transport.close()
 
 
+class _NotOurs(Exception):
+    """A request the addon never sends (a body, or a head past the limit)."""
+
+
+def _read_request(buffer: bytearray) -> tuple[str, str, int] | None:
+    """The method, ticket and size (head and body) of the request at the start of `buffer`;
+    None while it is incomplete. http1.Malformed for a head no HTTP/1.1 client may send:
+    conflicting Content-Length, Transfer-Encoding beside Content-Length (the two framings
+    are how requests are smuggled past a proxy that reads the other one), a field name that
+    is not a token, a folded line."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > _MAX_HEAD:
+            raise _NotOurs
+        return None
+    start = buffer.find(b"\r\n")
+    method = http1.request_method(bytes(buffer[:start]))
+    head = http1.fields(bytes(buffer[start + 2 : end + 2]))
+    if head.ambiguous:
+        raise http1.Malformed("Transfer-Encoding together with Content-Length")
+    length = head.length or 0
+    if head.chunked or length > _MAX_HEAD:
+        raise _NotOurs
+    if len(buffer) < end + 4 + length:
+        return None
+    ticket = next((v for k, v in head.headers if k.lower() == TICKET_HEADER), "")
+    return method, ticket, end + 4 + length
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
     lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Status')}"]
     lines.extend(f"{k}: {v}" for k, v in headers)
@@ -291,6 +332,10 @@ def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
 
 
 _CHUNKED = ("transfer-encoding", "chunked")
+# A ticket is token_urlsafe and a serial number.
+_TICKET_LINE = re.compile(
+    rb"\r\n" + TICKET_HEADER.encode() + rb":[ \t]*([A-Za-z0-9_-]+)[ \t]*\r\n", re.I
+)
 _MAX_HEAD = 64 * 1024
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 

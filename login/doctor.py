@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from . import http1
 from .config import is_loopback_host, load_config
 from .credential import expiry_text
 from .env import DEFAULT_CONFDIR, bundle_content, bundle_path, ca_path
@@ -353,26 +354,24 @@ def _read_response(
         if len(buf) > limit:
             raise ValueError("the answer's head is too long")
     head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {lines[0][:60]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    status = int(parts[1])
+    start, _, block = (head + b"\r\n").partition(b"\r\n")
+    try:
+        _, status, reason = http1.status_line(start)
+    except http1.Malformed:
+        raise ValueError(f"not an HTTP answer: {start[:60]!r}") from None
+    # Strict as the relay is (http1.Malformed is a ValueError: the check fails, saying
+    # why). Chunked wins over a Content-Length beside it; the doctor reads only a sized
+    # body and never reuses a connection.
+    fields = http1.fields(block)
+    headers = {name.lower(): value for name, value in fields.headers}
     if body or status != 200:
-        try:
-            length = min(int(headers.get("content-length", "0")), limit)
-        except ValueError:
-            length = 0
+        length = min(fields.length or 0, limit)
         while len(rest) < length:
             chunk = sock.recv(4096)
             if not chunk:
                 break
             rest += chunk
-    return status, parts[2] if len(parts) > 2 else "", headers, rest
+    return status, reason, headers, rest
 
 
 def _mitm_message(body: bytes | str) -> str | None:
