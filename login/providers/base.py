@@ -406,6 +406,11 @@ class Provider(BaseModel):
         """How to rewrite the response body for the client, if at all."""
         return None
 
+    def rate_limit_hint(self, headers: Mapping[str, str], body: bytes) -> float | None:
+        """Seconds until a 429 lifts as only this provider words it (beyond Retry-After and
+        the other hints every provider's answer is read for); None when it says nothing."""
+        return None
+
 
 @functools.lru_cache(maxsize=64)
 def _host_of(url: str) -> str:
