@@ -1,7 +1,7 @@
 """The adapters' request shapes against the providers' 2026 facts (providers.md): what Copilot
-needs to take keyswap for an IDE, what it answers a retired one, and the wait a weekly limit
-names. In-process where the adapter alone decides; through a real mitmdump where the wire
-matters (status, shape, retries)."""
+needs to take keyswap for an IDE and what it answers a retired one, Codex's gating of newer
+models by client version, and the wait a weekly limit names. In-process where the adapter alone
+decides; through a real mitmdump where the wire matters (status, shape, retries)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import trustme
 from login.credential import Credential
 from login.providers import PROVIDERS
 from login.providers.base import ApiCall
+from login.providers.codex import CLIENT_VERSION
 from login.providers.copilot import EDITOR_HEADERS, EDITOR_VERSION, OUTDATED
 from tests.conftest import User
 from tests.e2e import Stack, stack
@@ -26,6 +27,7 @@ from tests.fakes import FakeAPI, FakeOAuth
 from tests.proxy import Mitmdump
 
 COPILOT = PROVIDERS["copilot"]
+CODEX = PROVIDERS["codex"]
 
 
 def _cred(provider: str) -> Credential:
@@ -199,6 +201,28 @@ def test_the_fakes_weekly_429_hides_its_length_from_retry_after() -> None:
     assert COPILOT.rate_limit_hint(resp.headers, resp.content) == 51 * 3600
 
 
+# -- Codex: newer models need a newer client (providers.md §2.1) --------------------------------
+
+
+def test_codex_models_list_names_a_client_version() -> None:
+    """The backend lists only the models a `client_version` reaches: a client with none
+    (the openai SDK's `GET /v1/models`) gets keyswap's; a Codex CLI's own is kept."""
+    prepared = CODEX.prepare(_call("GET", "/models"), _cred("codex"))
+    assert isinstance(prepared, ApiCall)
+    assert prepared.query == [("client_version", CLIENT_VERSION)]
+    theirs = _call("GET", "/models")
+    theirs.query = [("client_version", "0.144.0")]
+    kept = CODEX.prepare(theirs, _cred("codex"))
+    assert isinstance(kept, ApiCall) and kept.query == [("client_version", "0.144.0")]
+
+
+def test_codex_requests_name_a_client_version() -> None:
+    out = _headers("codex", "/responses", {})
+    assert (out["originator"], out["version"]) == ("codex_cli_rs", CLIENT_VERSION)
+    cli = {"originator": "codex_cli_rs", "version": "0.161.0"}
+    assert "version" not in _headers("codex", "/responses", cli), "the CLI's own is kept"
+
+
 # -- through mitmdump ---------------------------------------------------------------------------
 
 
@@ -248,6 +272,35 @@ def test_a_retired_copilot_client_gets_one_error_in_its_own_shape(
     last = s.api.calls[-1]
     assert last.headers["editor-version"] == "vscode/1.112.0"
     assert last.headers["editor-plugin-version"] == "copilot-chat/0.40.0"
+
+
+def test_codex_newer_models_through_keyswap(s: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain openai SDK client reaches a model gated by client version (keyswap names its
+    Codex version), and sees it in the models list. Where the backend gates by account
+    instead, no header helps: its 400 reaches the client once and the bucket stays usable."""
+    s.login_codex()
+    with s.proxy() as proxy:
+        for key, value in proxy.client_env().items():
+            monkeypatch.setenv(key, value)
+        client = openai.OpenAI(api_key="oauth:codex")
+        gated = client.responses.create(model="gpt-6-astra", input="hi")
+        with _http(proxy) as http:
+            listed = http.get(
+                "https://api.openai.com/v1/models", headers={"Authorization": "Bearer oauth:codex"}
+            )
+        s.api.codex_gate = "account"
+        before = s.api.count("codex", "responses")
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model="gpt-6-astra", input="hi")
+        after_refusal = s.api.count("codex", "responses")
+        ok = client.responses.create(model="gpt-5", input="hi")  # the bucket does not rest
+    assert gated.output_text == s.api.text
+    models_call = next(c for c in reversed(s.api.calls) if c.path.endswith("/codex/models"))
+    assert models_call.params == {"client_version": CLIENT_VERSION}
+    assert "gpt-6-astra" in [m["slug"] for m in listed.json()["models"]]
+    assert after_refusal - before == 1
+    assert "requires a newer version of Codex" in refused.value.message
+    assert ok.output_text == s.api.text
 
 
 @pytest.mark.xfail(

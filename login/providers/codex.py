@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..credential import Credential, jwt_claims
@@ -13,6 +14,13 @@ from .shapes import BodyShape
 from .streams import LastSSEEvent, Reshaper
 
 _AUTH_CLAIM = "https://api.openai.com/auth"
+# The Codex release keyswap names for a client that names none (the openai SDK). The backend
+# gates newer models by client version (providers.md §2.1: `models?client_version=<semver>`):
+# each model has a `minimal_client_version`, the models list leaves out what the named version
+# does not reach, and a turn for one is refused "requires a newer version of Codex". Seen in
+# 2026-09: gpt-5.6-* need 0.144.0, gpt-6-astra 0.153.0, gpt-6.1-sol is listed from 0.160.0.
+# A Codex client's own version goes as it is: it knows which models it can drive.
+CLIENT_VERSION = "0.160.0"
 
 
 class Codex(Provider):
@@ -45,7 +53,12 @@ class Codex(Provider):
         return cred.model_copy(update=update)
 
     def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
-        """The ChatGPT backend takes only stateless streamed Responses (providers.md §2.3)."""
+        """The ChatGPT backend takes only stateless streamed Responses (providers.md §2.3),
+        and lists models for a client version (§2.1)."""
+        if call.method == "GET" and call.path.endswith("/models"):
+            if any(k == "client_version" for k, _ in call.query):
+                return call
+            return replace(call, query=[*call.query, ("client_version", CLIENT_VERSION)])
         if call.method != "POST" or not call.path.endswith("/responses"):
             return call
         body = call.json()
@@ -74,6 +87,11 @@ class Codex(Provider):
         self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
     ) -> dict[str, str]:
         out = {"originator": headers.get("originator") or "codex_cli_rs"}
+        if not headers.get("version"):
+            # The Codex CLI's identity headers carry its version; the turn's model gate reads
+            # it (pleaseai/shunt's notes). Another account measured a gate no header lifts;
+            # then the backend's 400 reaches the client as it is (see CLIENT_VERSION).
+            out["version"] = CLIENT_VERSION
         if cred.extra.get("account_id"):
             out["chatgpt-account-id"] = cred.extra["account_id"]
         return out
