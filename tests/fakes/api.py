@@ -471,7 +471,8 @@ def _mask(key: str) -> str:
 
 class FakeAPI(FakeServer):
     """Fake provider APIs; see the module docstring. Knobs (set any time): `event_gap`,
-    `stream_events`, `anthropic_require_identity`."""
+    `stream_events`, `anthropic_require_identity`, `codex_gate`, `copilot_min_editor`,
+    `copilot_min_api_version`."""
 
     def __init__(self, oauth: FakeOAuth, ca: trustme.CA) -> None:
         super().__init__(ca, hostnames=HOSTNAMES)
