@@ -30,7 +30,6 @@ from .errors import error_body, error_headers
 from .logins import Logins
 from .outbound import Response, Target, UpstreamTimeout, Withdrawn
 from .placeholder import KEY_HEADERS
-from .ratelimit import reset_after
 from .rotation import Rotation
 
 log = logging.getLogger(__name__)
@@ -159,7 +158,7 @@ class Dispatch:
             if resp.status == 429 and not job.pinned:
                 # Decoded: the client's Accept-Encoding went upstream, so it may be gzip.
                 body, _ = decoded(await resp.read(_MAX_ERROR_BODY), resp.headers)
-                hint = reset_after(resp.lookup, body)
+                hint = job.provider.rate_limit_hint(resp.lookup, body)
                 wait = hint if hint is not None else self.cooldown
                 self.rotation.cool(provider, bucket, wait)
                 log.info("keyswap: %s/%s rests %d s after a 429", provider, bucket, int(wait))

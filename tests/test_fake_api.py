@@ -252,6 +252,45 @@ def test_copilot_auth_and_required_headers(api: FakeAPI, http: httpx.Client) -> 
     assert api.calls[0].headers["authorization"] == f"Bearer {token}"
 
 
+def test_copilot_wants_a_current_ide(api: FakeAPI, http: httpx.Client) -> None:
+    """No Editor-Version is a 400, one it cannot read too; a client older than the floor
+    is retired with 466, whichever header names the old version (docs/providers.md §1.2)."""
+    url = "https://api.githubcopilot.com/chat/completions"
+    token = api.mint_token("copilot")
+
+    def post(**headers: str) -> httpx.Response:
+        return http.post(url, headers=bearer(token, **headers), json=CHAT)
+
+    integration = {"copilot-integration-id": "vscode-chat"}
+    missing = post(**integration)
+    assert (missing.status_code, missing.text) == (
+        400,
+        "bad request: missing Editor-Version header for IDE auth",
+    )
+    unreadable = post(**integration, **{"editor-version": "vscode"})
+    assert (unreadable.status_code, unreadable.text) == (
+        400,
+        "bad request: unknown Editor-Version header for IDE auth",
+    )
+    assert post(**COPILOT_HEADERS).status_code == 200, "no floor by default"
+    api.copilot_min_editor = "vscode/1.110.0"
+    old = post(**COPILOT_HEADERS)
+    assert old.status_code == 466
+    assert old.json()["error"]["message"].startswith(
+        "bad request: the specified API version is no longer supported."
+    )
+    assert post(**{**COPILOT_HEADERS, "editor-version": "vscode/1.110.0"}).status_code == 200
+    other_editor = {**COPILOT_HEADERS, "editor-version": "copilot/1.0.81-6"}
+    assert post(**other_editor).status_code == 200, "the floor is per editor"
+    api.copilot_min_editor = None
+    api.copilot_min_api_version = "2026-06-01"
+    assert post(**COPILOT_HEADERS).status_code == 200, "sending no API version is not old"
+    dated = {**COPILOT_HEADERS, "x-github-api-version": "2025-04-01"}
+    assert post(**dated).status_code == 466
+    dated["x-github-api-version"] = "2026-08-01"
+    assert post(**dated).status_code == 200
+
+
 def test_codex_auth_account_and_body_rules(api: FakeAPI, http: httpx.Client) -> None:
     token = api.mint_token("codex")
     expired = {
@@ -280,6 +319,37 @@ def test_codex_auth_account_and_body_rules(api: FakeAPI, http: httpx.Client) -> 
     )
     assert models.status_code == 200 and models.json()["models"]
     assert api.calls[-1].params == {"client_version": "1.0.0"}
+
+
+def test_codex_gates_newer_models_by_client_version(api: FakeAPI, http: httpx.Client) -> None:
+    """`/models` lists what the `client_version` reaches; a turn for a model the request's
+    `version` does not reach is refused, or always when the gate is the account's."""
+    token = api.mint_token("codex")
+    models = "https://chatgpt.com/backend-api/codex/models"
+
+    def listed(**params: str) -> list[str]:
+        resp = http.get(models, params=params, headers=codex_headers(api, token))
+        return [m["slug"] for m in resp.json()["models"]]
+
+    assert "gpt-6-astra" not in listed()
+    assert "gpt-6-astra" not in listed(client_version="0.152.9")
+    assert "gpt-6-astra" in listed(client_version="0.153.0")
+    gated = CODEX_BODY | {"model": "gpt-6-astra"}
+
+    def turn(**headers: str) -> httpx.Response:
+        return http.post(CODEX_URL, headers=codex_headers(api, token) | headers, json=gated)
+
+    refused = turn()
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "The 'gpt-6-astra' model requires a newer version of Codex. "
+        "Please upgrade to the latest app or CLI and try again."
+    )
+    assert turn(version="0.144.0").status_code == 400
+    assert turn(version="0.153.0").status_code == 200
+    assert http.post(CODEX_URL, headers=codex_headers(api, token), json=CODEX_BODY).is_success
+    api.codex_gate = "account"
+    assert turn(version="9.9.9").status_code == 400
 
 
 def test_anthropic_oauth_rules_and_real_keys(api: FakeAPI, http: httpx.Client) -> None:
@@ -359,6 +429,21 @@ def test_copilot_429(api: FakeAPI, http: httpx.Client) -> None:
     assert resp.json()["error"]["code"] == "user_weekly_rate_limited"
     again = http.post(url, headers=bearer(token, **COPILOT_HEADERS), json={"input": "x"})
     assert again.status_code == 200 and again.json()["status"] == "completed"
+
+
+def test_copilot_weekly_429_says_hours_but_retry_after_minutes(
+    api: FakeAPI, http: httpx.Client
+) -> None:
+    token = api.mint_token("copilot")
+    api.rate_limit("copilot", hint="weekly", seconds=51 * 3600)
+    url = "https://api.githubcopilot.com/chat/completions"
+    resp = http.post(url, headers=bearer(token, **COPILOT_HEADERS), json=CHAT)
+    assert (resp.status_code, resp.headers["retry-after"]) == (429, "300")
+    error = resp.json()["error"]
+    assert error["code"] == "user_weekly_rate_limited"
+    assert "Please try again in 51 hours." in error["message"]
+    with pytest.raises(ValueError, match="only Copilot"):
+        api.rate_limit("codex", hint="weekly")
 
 
 @pytest.mark.parametrize(

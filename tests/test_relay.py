@@ -382,9 +382,11 @@ def test_a_compressed_429_still_gives_its_reset_hint() -> None:
         return handler
 
     async def check(lab: Lab) -> None:
-        resp, _ = await lab.fetch(job("a", "b"))
+        codex = job("a", "b")
+        codex.provider = PROVIDERS["codex"]  # its hint is in the body
+        resp, _ = await lab.fetch(codex)
         assert resp.status == 200 and lab.used() == ["a", "b"]
-        until = lab.rotation.cooling_until("anthropic", "a")
+        until = lab.rotation.cooling_until("codex", "a")
         assert until is not None and 5 < until - time.time() <= 7
 
     with_server(make, check)

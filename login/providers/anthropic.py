@@ -7,11 +7,13 @@ serialised across processes (the token service does that for every provider).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from ..credential import Credential
 from .base import LoginContext, Provider, Route
+from .ratelimit import is_number, latest
 
 OAUTH_BETA = "oauth-2025-04-20"
 
@@ -38,6 +40,22 @@ class Anthropic(Provider):
         if "anthropic-version" not in headers:
             out["anthropic-version"] = "2023-06-01"
         return out
+
+    def rate_limit_hint(self, headers: Mapping[str, str], body: bytes) -> float | None:
+        """The unified limiter names each window that rejected and when it resets, in unix
+        seconds (docs/providers.md §5.3); the request waits for the latest of them."""
+        now = time.time()
+        resets = []
+        for window in ("", "-5h", "-7d", "-7d_oi"):
+            if headers.get(f"anthropic-ratelimit-unified{window}-status") == "rejected":
+                reset = headers.get(f"anthropic-ratelimit-unified{window}-reset")
+                if reset and is_number(reset):
+                    resets.append(float(reset) - now)
+        if not resets:
+            reset = headers.get("anthropic-ratelimit-unified-reset")
+            if reset and is_number(reset) and headers.get("anthropic-ratelimit-unified-status"):
+                resets.append(float(reset) - now)
+        return latest(super().rate_limit_hint(headers, body), *resets)
 
 
 PROVIDER = Anthropic(

@@ -24,6 +24,7 @@ from ..flows.http import body_of, error_code, error_text, send
 from ..redact import redact
 from ..ui import LoginUI
 from .paths import CheckedPath, under
+from .ratelimit import retry_after
 from .shapes import dump_json, parse_json
 from .streams import Reshaper
 
@@ -418,6 +419,11 @@ class Provider(BaseModel):
     def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
         """How to rewrite the response body for the client, if at all."""
         return None
+
+    def rate_limit_hint(self, headers: Mapping[str, str], body: bytes) -> float | None:
+        """Seconds until a 429 lifts, from what the answer says (`Retry-After` here; a
+        provider with hints of its own adds them); None when it says nothing."""
+        return retry_after(headers)
 
 
 @functools.lru_cache(maxsize=64)

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..credential import Credential, jwt_claims
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds
+from .ratelimit import json_object, latest
 from .shapes import BodyShape
 from .streams import LastSSEEvent, Reshaper
 
 _AUTH_CLAIM = "https://api.openai.com/auth"
+# The Codex release keyswap names for a client that names none (the openai SDK). The backend
+# gates newer models by client version (docs/providers.md §2.1: `models?client_version=<semver>`):
+# each model has a `minimal_client_version`, the models list leaves out what the named version
+# does not reach, and a turn for one is refused "requires a newer version of Codex". Seen in
+# 2026-09: gpt-5.6-* need 0.144.0, gpt-6-astra 0.153.0, gpt-6.1-sol is listed from 0.160.0.
+# A Codex client's own version goes as it is: it knows which models it can drive.
+CLIENT_VERSION = "0.160.0"
 
 
 class Codex(Provider):
@@ -45,7 +54,12 @@ class Codex(Provider):
         return cred.model_copy(update=update)
 
     def prepare(self, call: ApiCall, cred: Credential) -> ApiCall | LocalReply:
-        """The ChatGPT backend takes only stateless streamed Responses (docs/providers.md §2.3)."""
+        """The ChatGPT backend takes only stateless streamed Responses (docs/providers.md §2.3),
+        and lists models for a client version (§2.1)."""
+        if call.method == "GET" and call.path.endswith("/models"):
+            if any(k == "client_version" for k, _ in call.query):
+                return call
+            return replace(call, query=[*call.query, ("client_version", CLIENT_VERSION)])
         if call.method != "POST" or not call.path.endswith("/responses"):
             return call
         body = call.json()
@@ -65,9 +79,20 @@ class Codex(Provider):
         prepared.notes["stream"] = shape.stream is True
         return prepared
 
+    def rate_limit_hint(self, headers: Mapping[str, str], body: bytes) -> float | None:
+        """The error's `resets_in_seconds` or `resets_at` (docs/providers.md §2.5)."""
+        err = json_object(body).get("error")
+        said = None
+        if isinstance(err, dict):
+            if isinstance(err.get("resets_in_seconds"), int | float):
+                said = float(err["resets_in_seconds"])
+            elif isinstance(err.get("resets_at"), int | float):
+                said = float(err["resets_at"]) - time.time()
+        return latest(super().rate_limit_hint(headers, body), said)
+
     def models_query(self) -> list[tuple[str, str]]:
         # The backend lists only the models a client of this version may use.
-        return [("client_version", "0.50.0")]
+        return [("client_version", CLIENT_VERSION)]
 
     def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
         if status != 200 or call.notes.get("stream", True):
@@ -78,6 +103,11 @@ class Codex(Provider):
         self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
     ) -> dict[str, str]:
         out = {"originator": headers.get("originator") or "codex_cli_rs"}
+        if not headers.get("version"):
+            # The Codex CLI's identity headers carry its version; the turn's model gate reads
+            # it (pleaseai/shunt's notes). Another account measured a gate no header lifts;
+            # then the backend's 400 reaches the client as it is (see CLIENT_VERSION).
+            out["version"] = CLIENT_VERSION
         if cred.extra.get("account_id"):
             out["chatgpt-account-id"] = cred.extra["account_id"]
         return out

@@ -3,6 +3,8 @@ short-lived Copilot token (docs/providers.md §1)."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,14 +19,26 @@ from ..errors import LoginError, NeedsLogin, RefreshFailed
 from ..flows.http import body_of, send
 from ..redact import redact
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds, token_text
+from .ratelimit import latest
 from .shapes import BodyShape
+from .streams import Reshaper
 
-# The VS Code Copilot Chat profile (ericc copilot-api, litellm).
+# keyswap's editor: VS Code's Copilot Chat, at the newest versions the facts name (pi-mono's
+# profile, docs/providers.md §1.2; ericc and litellm pin older ones). Copilot requires an editor and
+# retires old ones with HTTP 466 (see OUTDATED), so these age: a client that names a newer
+# editor of its own keeps it (`editor_headers`).
+EDITOR_VERSION = "vscode/1.107.0"
 EDITOR_HEADERS = {
-    "Editor-Version": "vscode/1.107.0",
+    "Editor-Version": EDITOR_VERSION,
     "Editor-Plugin-Version": "copilot-chat/0.35.0",
     "User-Agent": "GitHubCopilotChat/0.35.0",
 }
+INTEGRATION_ID = "vscode-chat"
+# Copilot's answer to a client it has retired: "bad request: the specified API version is no
+# longer supported. You may need to update your client to a newer version." (docs/providers.md
+# §1.2; the status and text users reported on 2026-02-11: ericc-ch/copilot-api#189,
+# microsoft/vscode#294305). Retrying the same headers, or on another account, cannot help.
+OUTDATED = 466
 
 
 class Copilot(Provider):
@@ -128,15 +142,141 @@ class Copilot(Provider):
         self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
     ) -> dict[str, str]:
         messages = path.endswith("/v1/messages")
-        out = {
-            **EDITOR_HEADERS,
-            "Copilot-Integration-Id": "vscode-chat",
-            "Openai-Intent": "messages-proxy" if messages else "conversation-panel",
-            "X-Request-Id": str(uuid.uuid4()),
-        }
-        if messages and "anthropic-version" not in headers:
-            out["anthropic-version"] = "2023-06-01"
+        out = editor_headers(headers)
+        if not (own_editor(headers) and headers.get("openai-intent")):
+            out["Openai-Intent"] = "messages-proxy" if messages else "conversation-panel"
+        out["X-Request-Id"] = str(uuid.uuid4())
+        if messages:
+            # What litellm sends to /v1/messages beside that intent (docs/providers.md §1.2).
+            if "x-interaction-type" not in headers:
+                out["X-Interaction-Type"] = "messages-proxy"
+            if "anthropic-version" not in headers:
+                out["anthropic-version"] = "2023-06-01"
         return out
+
+    def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
+        """Copilot's 466 names no header and is no shape an SDK reads: the client gets an
+        error in its own API's shape saying which versions were refused and what helps."""
+        return _Outdated(call) if status == OUTDATED else None
+
+    def rate_limit_hint(self, headers: Mapping[str, str], body: bytes) -> float | None:
+        """The wait a 429's message names ("Please try again in 51 hours."): for a weekly
+        limit it is hours or days while Retry-After asks for minutes (docs/providers.md §1.4)."""
+        return latest(super().rate_limit_hint(headers, body), _wait_named(_error_message(body)))
+
+
+def own_editor(client: Mapping[str, str]) -> bool:
+    """Whether the client's Editor-Version goes to Copilot as it is: another editor's (its
+    plugin and integration id belong to it; keyswap cannot tell its age), or a VS Code at
+    least as new as keyswap's. An older VS Code, or one that cannot be read, would only
+    earn a 400 or 466 that keyswap's profile avoids."""
+    name, _, text = client.get("editor-version", "").partition("/")
+    version = _version(text)
+    if not name or version is None:
+        return False
+    return name.lower() != "vscode" or version >= _OUR_VSCODE
+
+
+def editor_headers(client: Mapping[str, str]) -> dict[str, str]:
+    """The editor headers to set (docs/providers.md §1.2): none of the client's own when it keeps
+    its editor (only the integration id Copilot requires, if it sent none), else keyswap's
+    VS Code profile, whole, replacing any part of another."""
+    if own_editor(client):
+        return (
+            {}
+            if client.get("copilot-integration-id")
+            else {"Copilot-Integration-Id": INTEGRATION_ID}
+        )
+    return {**EDITOR_HEADERS, "Copilot-Integration-Id": INTEGRATION_ID}
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    """ "1.107.0" -> (1, 107, 0); "1.0.81-6" -> (1, 0, 81); None for what is no version."""
+    parts = text.split("-", 1)[0].split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+_OUR_VSCODE = _version(EDITOR_VERSION.partition("/")[2]) or ()
+
+
+class _Outdated:
+    """Copilot's 466 as an error in the client's API shape, naming the versions it refused."""
+
+    content_type: str | None = "application/json"
+
+    def __init__(self, call: ApiCall) -> None:
+        self._anthropic = call.path.endswith("/v1/messages")
+        self._client = {k.lower(): v for k, v in call.headers}
+        self._said = bytearray()
+
+    def feed(self, chunk: bytes) -> bytes:
+        if len(self._said) < _QUOTED:
+            self._said += chunk[: _QUOTED - len(self._said)]
+        return b""
+
+    def end(self) -> bytes:
+        client = self._client
+        if own_editor(client):
+            sent = [("Editor-Version", client["editor-version"])]
+            sent += [(k, client[k.lower()]) for k in _EDITOR_PARTS if client.get(k.lower())]
+            whose = "the client's own"
+            remedy = "update the client, or drop its Editor-Version so keyswap's is used"
+        else:
+            sent = [(k, v) for k, v in EDITOR_HEADERS.items() if k != "User-Agent"]
+            whose = "keyswap's built-in"
+            remedy = "update keyswap (its editor profile has aged)"
+        if client.get("x-github-api-version"):
+            sent.append(("X-GitHub-Api-Version", client["x-github-api-version"]))
+            remedy += ", or stop sending X-GitHub-Api-Version"
+        named = ", ".join(f"{k} {v}" for k, v in sent)
+        said = _error_message(bytes(self._said)).strip()
+        message = (
+            f"keyswap: GitHub Copilot no longer serves this client version ({whose} {named}): "
+            f"HTTP {OUTDATED}{f' "{said}"' if said else ''}. Retrying will not help; {remedy}."
+        )
+        if self._anthropic:
+            body: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": message},
+            }
+        else:
+            error = {"message": message, "type": "invalid_request_error", "param": None}
+            body = {"error": {**error, "code": "copilot_client_outdated"}}
+        return json.dumps(body).encode()
+
+
+_QUOTED = 4096  # of Copilot's own answer, enough for its message
+_EDITOR_PARTS = ("Editor-Plugin-Version",)
+
+
+def _error_message(body: bytes) -> str:
+    """Copilot's error text: `error.message` of a JSON answer, or a plain-text answer."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return body.decode("utf-8", "replace")
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else ""
+
+
+_WAIT = re.compile(
+    r"try again in\s+(\d+(?:\.\d+)?)\s*(hour|minute|second)s?"
+    r"(?:\s*(?:and\s+)?(\d+(?:\.\d+)?)\s*(hour|minute|second)s?)?",
+    re.IGNORECASE,
+)
+_UNIT = {"hour": 3600.0, "minute": 60.0, "second": 1.0}
+
+
+def _wait_named(message: str) -> float | None:
+    """Seconds in "try again in 51 hours" / "in 2 hours 5 minutes"; None if none is named."""
+    found = _WAIT.search(message)
+    if found is None:
+        return None
+    wait = float(found[1]) * _UNIT[found[2].lower()]
+    if found[3]:
+        wait += float(found[3]) * _UNIT[found[4].lower()]
+    return wait
 
 
 class _Part(BodyShape):

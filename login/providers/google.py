@@ -19,8 +19,12 @@ from ..errors import ClientError, LoginError
 from ..flows.http import body_of, error_text, send
 from ..redact import redact
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route
+from .ratelimit import json_object, latest
 from .shapes import BodyShape
 from .streams import MapSSE, Reshaper, SSEToJSONArray, WholeJSON
+
+# A protobuf Duration as JSON: "37s", "0.5s".
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
 class GoogleProvider(Provider):
@@ -167,6 +171,22 @@ class GoogleProvider(Provider):
             }
         query = [("alt", "sse")] if method == "streamGenerateContent" else []
         return call.with_json(wrapped, path=f"/v1internal:{method}", query=query)
+
+    def rate_limit_hint(self, headers: Mapping[str, str], body: bytes) -> float | None:
+        """`RetryInfo.retryDelay` or `quotaResetDelay` among the error's details, e.g. "37s"
+        (docs/providers.md §3.5)."""
+        err = json_object(body).get("error")
+        details = err.get("details") if isinstance(err, dict) else None
+        found: list[float] = []
+        for item in details if isinstance(details, list) else []:
+            if not isinstance(item, dict):
+                continue
+            metadata = item.get("metadata")
+            reset = metadata.get("quotaResetDelay") if isinstance(metadata, dict) else None
+            for value in (item.get("retryDelay"), reset):
+                if isinstance(value, str) and (m := _DURATION.match(value)):
+                    found.append(float(m[1]))
+        return latest(super().rate_limit_hint(headers, body), *found)
 
     def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
         if status != 200:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cache, partial
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -83,11 +83,30 @@ TOKEN_OWNERS: dict[str, frozenset[str]] = {
 }
 TOKEN_PROVIDERS = ("github", "copilot", "codex", "anthropic", *GOOGLE)
 
-HINTS = ("retry-after", "body", "resets_at", "none")
+HINTS = ("retry-after", "body", "resets_at", "none", "weekly")
 ANTHROPIC_OAUTH_BETA = "oauth-2025-04-20"
 CLAUDE_CODE_IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
 
 COPILOT_EXPIRED = "unauthorized: token expired"
+# What Copilot answers a client it does not take for an IDE (docs/providers.md §1.2 says which
+# headers the editors send; the answers are the wire texts users reported: BerriAI/litellm#18475
+# and openclaw/openclaw#71538 for a missing Editor-Version, leona/helix-gpt#73 for one it cannot
+# read, ericc-ch/copilot-api#189/#191 and microsoft/vscode#294305 for the HTTP 466 that retires
+# an old client, 2026-02-11).
+COPILOT_NO_EDITOR = "bad request: missing Editor-Version header for IDE auth"
+COPILOT_UNKNOWN_EDITOR = "bad request: unknown Editor-Version header for IDE auth"
+COPILOT_OUTDATED_STATUS = 466
+COPILOT_OUTDATED = {
+    "error": {
+        "message": "bad request: the specified API version is no longer supported. "
+        "You may need to update your client to a newer version.\n",
+        "type": "error",
+    }
+}
+# A weekly limit's Retry-After asks for minutes while the limit lasts hours or days
+# (docs/providers.md §1.4: github/copilot-cli#2760 "5-10 minutes via the Retry-After header";
+# #2696/#2769 "Please try again in 51 hours").
+COPILOT_WEEKLY_RETRY_AFTER = 300
 CODEX_EXPIRED = {
     "error": {
         "message": "Provided authentication token is expired. Please try signing in again.",
@@ -98,6 +117,7 @@ ANTHROPIC_EXPIRED = anthropic_error(
     "OAuth token has expired. Please obtain a new token or refresh your existing token."
 )
 OPENAI_DOCS = "https://platform.openai.com/account/api-keys"
+GITHUB_TERMS = "https://docs.github.com/site-policy/github-terms/github-terms-of-service"
 
 DEFAULT_MODEL = {"chat": "gpt-4.1", "responses": "gpt-5", "messages": "claude-sonnet-4-5"}
 
@@ -130,6 +150,12 @@ COPILOT_MODELS: Json = {
         _copilot_model("claude-sonnet-4.5", "Anthropic", "/chat/completions", "/v1/messages"),
     ],
 }
+# The Codex backend gates models by the client's version (docs/providers.md §2.1 `client_version`):
+# each model names the oldest Codex release that may use it; `/models?client_version=` lists
+# only those the version reaches, and a turn for one it does not reach is refused (the
+# numbers are the backend's own: gpt-6-astra needs 0.153.0, seen 2026-09; the refusal text is
+# openinterpreter/openinterpreter#1787's).
+CODEX_MODEL_FLOORS = {"gpt-5-codex": "0.0.0", "gpt-5": "0.0.0", "gpt-6-astra": "0.153.0"}
 CODEX_MODELS: Json = {
     "models": [
         {
@@ -138,10 +164,21 @@ CODEX_MODELS: Json = {
             "supported_in_api": True,
             "visibility": "list",
             "priority": i,
+            "minimal_client_version": floor,
         }
-        for i, slug in enumerate(("gpt-5-codex", "gpt-5"))
+        for i, (slug, floor) in enumerate(CODEX_MODEL_FLOORS.items())
     ]
 }
+
+
+def codex_too_old(model: str) -> Json:
+    message = (
+        f"The '{model}' model requires a newer version of Codex. "
+        "Please upgrade to the latest app or CLI and try again."
+    )
+    return {"error": {"type": "invalid_request_error", "message": message}}
+
+
 OPENAI_MODELS: Json = {
     "object": "list",
     "data": [
@@ -198,6 +235,16 @@ class Leak:
 
 
 # -- wire formats --------------------------------------------------------------------------
+
+
+def copilot_duration(seconds: float) -> str:
+    """A wait as Copilot's 429 message words it: "51 hours", "90 seconds"."""
+    whole = math.ceil(seconds)
+    if whole >= 3600:
+        return f"{math.ceil(whole / 3600)} hours"
+    if whole >= 60 and whole % 60 == 0:
+        return f"{whole // 60} minutes"
+    return f"{whole} seconds"
 
 
 def text_reply(text: str, status: int) -> Reply:
@@ -407,6 +454,14 @@ def has_identity(body: Json) -> bool:
     return False
 
 
+def _version(text: str) -> tuple[int, ...] | None:
+    """ "1.107.0" -> (1, 107, 0); "1.0.81-6" -> (1, 0, 81); None for what is no version."""
+    parts = text.split("-", 1)[0].split(".")
+    if not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
 def _mask(key: str) -> str:
     return key[:3] + "*" * 8 + key[-4:] if len(key) > 8 else "*" * len(key)
 
@@ -416,7 +471,8 @@ def _mask(key: str) -> str:
 
 class FakeAPI(FakeServer):
     """Fake provider APIs; see the module docstring. Knobs (set any time): `event_gap`,
-    `stream_events`, `anthropic_require_identity`."""
+    `stream_events`, `anthropic_require_identity`, `codex_gate`, `copilot_min_editor`,
+    `copilot_min_api_version`."""
 
     def __init__(self, oauth: FakeOAuth, ca: trustme.CA) -> None:
         super().__init__(ca, hostnames=HOSTNAMES)
@@ -427,6 +483,18 @@ class FakeAPI(FakeServer):
         self.stream_events: int = 5  # text deltas per stream
         # Anthropic OAuth requests must open `system` with Claude Code's identity (§5.2).
         self.anthropic_require_identity = False
+        # Where the Codex backend reads the client's version for a gated model: "version"
+        # = the request's `version` header (what the Codex CLI sends; pleaseai/shunt's docs),
+        # "account" = not from the request at all, so no header unlocks it (a Termux port's
+        # notes measured that). Sources disagree, so both shapes are here.
+        self.codex_gate: Literal["version", "account"] = "version"
+        # The oldest client Copilot still serves, or None for no floor: an Editor-Version of
+        # the same editor below `copilot_min_editor` (e.g. "vscode/1.110.0"), or an
+        # X-GitHub-Api-Version before `copilot_min_api_version` (e.g. "2026-06-01"), is
+        # answered with HTTP 466. The facts name no floor (it moves as GitHub retires
+        # clients), so a test sets the one it needs.
+        self.copilot_min_editor: str | None = None
+        self.copilot_min_api_version: str | None = None
         self.disconnects: list[tuple[str, str]] = []  # (provider, path) of abandoned streams
         self.streams: list[StreamLog] = []
         self.leaks: list[Leak] = []
@@ -491,9 +559,13 @@ class FakeAPI(FakeServer):
         "body" = no Retry-After, only the provider's own reset field (codex
         `resets_in_seconds`, anthropic `anthropic-ratelimit-unified-reset`, google
         `RetryInfo`, copilot/openai the message text); "resets_at" = like "body" but codex
-        sends the absolute `resets_at`; "none" = no timing information at all."""
+        sends the absolute `resets_at`; "none" = no timing information at all; "weekly"
+        (copilot only) = Copilot's weekly limit: the message says `seconds` in hours while
+        Retry-After asks for 5 minutes (docs/providers.md §1.4)."""
         if hint not in HINTS:
             raise ValueError(f"hint must be one of {HINTS}")
+        if hint == "weekly" and provider != "copilot":
+            raise ValueError("only Copilot sends the weekly shape")
         with self._lock:
             self._limits.append(Fault(provider, token, times, hint, seconds))
 
@@ -651,7 +723,10 @@ class FakeAPI(FakeServer):
                 "requests you can make within a specific time period."
             )
             if timed:
-                message += f" Please try again in {secs} seconds."
+                message += f" Please try again in {copilot_duration(fault.seconds)}."
+            if fault.hint == "weekly":
+                message += f" Please review our Terms of Service ({GITHUB_TERMS})."
+                retry_after = (("Retry-After", str(COPILOT_WEEKLY_RETRY_AFTER)),)
             body: Json = {"error": {"message": message, "code": "user_weekly_rate_limited"}}
             return with_headers(json_reply(body, 429), retry_after)
         if provider == "codex":
@@ -781,14 +856,33 @@ class FakeAPI(FakeServer):
     def _copilot(self, style: str, req: Request) -> Reply:
         token = req.credential("bearer")
         self._authenticate("copilot", token, self._valid("copilot", token))
-        for header in ("Editor-Version", "Copilot-Integration-Id"):
-            if not req.headers.get(header.lower()):
-                raise HttpError(text_reply(f"bad request: missing {header} header", 400))
+        self._copilot_client(req)
         self._throttle("copilot", token)
         if style == "models":
             return json_reply(COPILOT_MODELS)
         request_id = (("x-request-id", secrets.token_hex(8)),)
         return self._generate(style, "copilot", req, request_id)
+
+    def _copilot_client(self, req: Request) -> None:
+        """Copilot serves IDEs: it wants an Editor-Version it can read, an integration id,
+        and refuses a client it has retired with 466 (see COPILOT_OUTDATED)."""
+        editor = req.headers.get("editor-version", "")
+        if not editor:
+            raise HttpError(text_reply(COPILOT_NO_EDITOR, 400))
+        name, _, text = editor.partition("/")
+        version = _version(text)
+        if not name or version is None:
+            raise HttpError(text_reply(COPILOT_UNKNOWN_EDITOR, 400))
+        if not req.headers.get("copilot-integration-id"):
+            raise HttpError(text_reply("bad request: missing Copilot-Integration-Id header", 400))
+        floor_name, _, floor_text = (self.copilot_min_editor or "").partition("/")
+        floor = _version(floor_text) if floor_name == name else None
+        if floor is not None and version < floor:
+            raise fail(COPILOT_OUTDATED_STATUS, COPILOT_OUTDATED)
+        api_version = req.headers.get("x-github-api-version")
+        oldest = self.copilot_min_api_version
+        if api_version is not None and oldest is not None and api_version < oldest:
+            raise fail(COPILOT_OUTDATED_STATUS, COPILOT_OUTDATED)
 
     # Codex (§2)
 
@@ -822,12 +916,33 @@ class FakeAPI(FakeServer):
             raise fail(400, {"detail": "Store must be set to false"})
         if body.get("instructions") is None:
             raise fail(400, {"detail": "Instructions are required"})
+        model = body.get("model")
+        if isinstance(model, str) and not self._codex_reaches(req, model):
+            raise fail(400, codex_too_old(model))
         self._throttle("codex", token)
         return self._generate("responses", "codex", req, self._codex_headers())
 
+    def _codex_reaches(self, req: Request, model: str) -> bool:
+        """Whether this request's client may use `model` (see `codex_gate`)."""
+        floor = _version(CODEX_MODEL_FLOORS.get(model, "0.0.0")) or (0,)
+        if not any(floor):
+            return True
+        if self.codex_gate == "account":
+            return False
+        said = _version(req.headers.get("version", ""))
+        return said is not None and said >= floor
+
     def _codex_models(self, req: Request) -> Reply:
+        """Only the models the asking client's `client_version` reaches; without one, only
+        those that need no particular version."""
         self._throttle("codex", self._codex_auth(req))
-        return with_headers(json_reply(CODEX_MODELS), self._codex_headers())
+        said = _version(req.params.get("client_version", "")) or (0,)
+        listed = [
+            m
+            for m in CODEX_MODELS["models"]
+            if said >= (_version(m["minimal_client_version"]) or ())
+        ]
+        return with_headers(json_reply({"models": listed}), self._codex_headers())
 
     # Anthropic (§5) and the real-API-key path
 
