@@ -28,8 +28,6 @@ from . import placeholder
 from .dispatch import Job, forwardable
 from .rotation import Rotation
 
-_NATIVE = {host: p for p in PROVIDERS.values() for host in p.native_hosts}
-
 
 @dataclass(frozen=True)
 class Refusal:
@@ -63,7 +61,10 @@ class Admission:
         client = client_for(config, found.secret)
         if isinstance(client, str):
             return Refusal(401, client)
-        provider = _NATIVE.get(host) if found.provider is None else PROVIDERS.get(found.provider)
+        if found.provider is None:  # a bare `oauth`: the provider whose own host this is
+            provider = next((p for p in PROVIDERS.values() if host in p.native_hosts), None)
+        else:
+            provider = PROVIDERS.get(found.provider)
         if provider is None:
             return Refusal(400, _unknown(found, host))
         settings = config.provider(provider.name)
@@ -115,12 +116,14 @@ class Admission:
 
 def dialect_for(host: str, path: str) -> Dialect:
     """The API shape a client speaks, for errors before its route is known: that of the
-    route serving this host and path, else the host's catch-all route (OpenAI's if none)."""
+    route serving this host and path, else the host's catch-all or first route (OpenAI's for
+    a host no provider serves)."""
     routes = [r for p in PROVIDERS.values() for r in p.routes if host in r.hosts]
     for route in routes:
         if any(under(path, prefix) for prefix in route.prefixes if prefix != "/"):
             return route.dialect
-    return next((r.dialect for r in routes if "/" in r.prefixes), "openai")
+    fallback = routes[0].dialect if routes else "openai"
+    return next((r.dialect for r in routes if "/" in r.prefixes), fallback)
 
 
 def client_for(config: Config, secret: str | None) -> ClientSettings | str | None:

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from .config import BUCKET_PATTERN, BucketRules, load_config
 from .credential import Credential, expiry_text
+from .doctor import DEFAULT_HOST
 from .errors import KeyswapError
 from .hardening import forbid_core_dumps
 from .providers import PROVIDERS
@@ -149,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--host",
-        default="api.anthropic.com",
-        help="provider host for the TLS check (default: api.anthropic.com)",
+        default=DEFAULT_HOST,
+        help=f"provider host for the TLS check (default: {DEFAULT_HOST})",
     )
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per network step")
     p.set_defaults(run=_doctor)

@@ -44,7 +44,8 @@ from .tokens import BAD_STATES, Entry, TokenService
 Status = Literal["ok", "fail", "unknown"]
 MARKS: dict[Status, str] = {"ok": "✔", "fail": "✘", "unknown": "?"}
 DEFAULT_PORT = 8080
-DEFAULT_HOST = "api.anthropic.com"
+# The TLS check dials the first provider's API host unless told another.
+DEFAULT_HOST = next(h for p in PROVIDERS.values() for h in p.native_hosts)
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 

@@ -30,7 +30,7 @@ def doctor(user: User, *args: str) -> tuple[Result, dict[str, str]]:
         "proxy": ("proxy reachable", "proxy not reachable", "something listens"),
         "bundle": ("CA bundle", "no CA bundle", "the CA bundle", "mitmproxy's CA", "the proxy on"),
         "tls": ("TLS through the proxy",),
-        "upstream": ("api.anthropic.com ",),
+        "upstream": ("api.githubcopilot.com ",),
         "config": ("config:",),
         "store": ("token store", "KEYSWAP_STORE"),
         "logins": ("no stored logins", "stored logins"),
@@ -78,11 +78,13 @@ def test_against_a_running_proxy(user: User, tmp_path: Path) -> None:
         assert lines["bundle"].startswith(f"✔ CA bundle {bundle} holds mitmproxy's current CA")
         # Offline, the lazy strategy lets mitmproxy finish the handshake itself.
         assert lines["tls"] == (
-            f"✔ TLS through the proxy to api.anthropic.com verifies with the bundle {bundle} "
+            f"✔ TLS through the proxy to api.githubcopilot.com verifies with the bundle {bundle} "
             "(certificate by commonName=mitmproxy, organizationName=mitmproxy)"
         )
         # Whether the provider answers is reported on its own line, either way.
-        assert lines["upstream"].startswith(("✔ api.anthropic.com reachable", "✘ api.anthropic"))
+        assert lines["upstream"].startswith(
+            ("✔ api.githubcopilot.com reachable", "✘ api.githubcopilot")
+        )
         if LINUX:
             assert lines["proxy-env"].startswith("✔ the proxy (pid ")
             assert "does not point at itself (no proxy variables)" in lines["proxy-env"]
@@ -120,7 +122,7 @@ def test_stale_bundle_and_a_proxy_that_points_at_itself(user: User, tmp_path: Pa
         fix = f'eval "$(python -m login env --port {port} --confdir {proxy.confdir})"'
         assert lines["bundle"].startswith("✘ the CA bundle") and lines["bundle"].endswith(fix)
         assert lines["tls"].startswith(
-            "✘ TLS through the proxy to api.anthropic.com: the "
+            "✘ TLS through the proxy to api.githubcopilot.com: the "
             "certificate does not verify with the bundle"
         )
         assert lines["proxy-env"].startswith("✘ the proxy (pid ")
