@@ -23,6 +23,7 @@ from login.errors import KeyswapError, NeedsLogin
 from login.providers import PROVIDERS
 from login.providers.base import Provider
 from login.tokens import Access
+from tests.test_relay import job
 
 ANTHROPIC = PROVIDERS["anthropic"]
 COPILOT = PROVIDERS["copilot"]
@@ -137,22 +138,6 @@ class Logins:
             session.state, session.error = "failed", self.outcome
             session.finished.set_result(None)
         return session
-
-
-def job(*buckets: str, pinned: bool = False, login_wait: float | None = None) -> Job:
-    provider = ANTHROPIC
-    return Job(
-        provider=provider,
-        route=provider.routes[0],
-        buckets=list(buckets),
-        pinned=pinned,
-        method="POST",
-        path="/v1/messages",
-        query=[],
-        headers=[("content-type", "application/json")],
-        body=b'{"model":"claude-sonnet-4-5","messages":[]}',
-        login_wait=login_wait,
-    )
 
 
 def run(

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 
 from addon.outbound import Target, UpstreamError
-from addon.relay import TICKET_HEADER, Relay
+from addon.relay import TICKET_HEADER
 from tests.conftest import User
 from tests.e2e import Stack, stack
 from tests.test_addon import _broken_upstream, http_client, post_messages
 from tests.test_outbound import Scripted, body_of, plain, run
 from tests.test_relay import OK, Handler, Lab, anthropic_error, job, with_server
+from tests.test_relay_server import _serve
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
 ANSWER_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -177,18 +178,6 @@ async def _until_closed(port: int, request: bytes) -> bytes:
         return await asyncio.wait_for(reader.read(), 5)  # all of it, up to the close
     finally:
         writer.close()
-
-
-def _serve(check: Any) -> None:
-    async def main() -> None:
-        relay = Relay(None)  # no job is ever taken
-        port = relay.start()
-        try:
-            await check(port)
-        finally:
-            relay.stop()
-
-    asyncio.run(main())
 
 
 @pytest.mark.parametrize("fields", MALFORMED_REQUESTS.values(), ids=MALFORMED_REQUESTS.keys())

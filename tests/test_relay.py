@@ -57,7 +57,8 @@ def _mint(bucket: str) -> str:
     return f"tok-{bucket}-{secrets.token_hex(12)}"
 
 
-def job(*buckets: str, pinned: bool = False) -> Job:
+def job(*buckets: str, pinned: bool = False, login_wait: float | None = None) -> Job:
+    """An Anthropic Messages request planned for `buckets`."""
     return Job(
         provider=ANTHROPIC,
         route=ANTHROPIC.routes[0],
@@ -68,6 +69,7 @@ def job(*buckets: str, pinned: bool = False) -> Job:
         query=[],
         headers=[("content-type", "application/json")],
         body=b"{}",
+        login_wait=login_wait,
     )
 
 
