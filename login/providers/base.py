@@ -25,6 +25,7 @@ from ..redact import redact
 from ..ui import LoginUI
 from .paths import CheckedPath, under
 from .ratelimit import retry_after
+from .usage import Outcome, Window
 from .shapes import dump_json, parse_json
 from .streams import Reshaper
 
@@ -424,6 +425,29 @@ class Provider(BaseModel):
         """Seconds until a 429 lifts, from what the answer says (`Retry-After` here; a
         provider with hints of its own adds them); None when it says nothing."""
         return retry_after(headers)
+
+    # -- what answers say about the account (login/providers/usage.py) ---------------------
+
+    def classify(self, status: int, headers: Mapping[str, str]) -> Outcome:
+        """What an answer's status means for the bucket that served it. A provider whose
+        quota errors are not 429s (a 402 or 403 for an exhausted allowance) says so here;
+        for those it must also be able to tell from the headers alone, since the body is
+        the client's to read."""
+        if status == 429:
+            return "rotate"
+        if status == 401:
+            return "refresh"
+        return "ok" if status < 400 else "pass"
+
+    def usage_from_headers(self, headers: Mapping[str, str]) -> list[Window]:
+        """The account's quota windows as an answer's headers report them (any answer)."""
+        return []
+
+    def conversation(self, call: ApiCall) -> str | None:
+        """The conversation a request belongs to, from what the client sends (a session id
+        in the body or headers), so that its turns stay on one account and its prompt cache
+        is read. None when the client names none."""
+        return None
 
 
 @functools.lru_cache(maxsize=64)
