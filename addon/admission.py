@@ -25,7 +25,9 @@ from login.providers.base import Dialect
 from login.providers.paths import checked_path, under
 
 from . import placeholder
+from .affinity import Affinity, conversation_of
 from .dispatch import Job, forwardable
+from .quota import Quota
 from .rotation import Rotation
 
 
@@ -43,10 +45,14 @@ class Admission:
         config: Callable[[], Config],
         rotation: Rotation,
         buckets: Callable[[str], list[str]],
+        affinity: Affinity | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self._config = config
         self._rotation = rotation
         self._buckets = buckets  # a provider's stored buckets, by name
+        self._affinity = Affinity() if affinity is None else affinity
+        self._quota = Quota() if quota is None else quota
 
     def admit(
         self, req: http.Request, from_loopback: bool, found: placeholder.Placeholder
@@ -82,19 +88,11 @@ class Admission:
             return Refusal(403, f"{provider.name} tokens are not sent to {host}{path}")
         if client is not None and not client.admits(provider.name, found.bucket):
             return Refusal(403, f"this client may not use {provider.name}")
-        if found.bucket:
-            buckets, pinned = [found.bucket], True
-        else:
-            available = settings.buckets or self._buckets(provider.name)
-            if client is not None and "*" not in client.allow and provider.name not in client.allow:
-                available = [b for b in available if client.admits(provider.name, b)]
-            strategy = settings.strategy or config.proxy.strategy
-            buckets, pinned = self._rotation.plan(provider.name, available, strategy), False
         job = Job(
             provider=provider,
             route=route,
-            buckets=buckets,
-            pinned=pinned,
+            buckets=[found.bucket] if found.bucket else [],
+            pinned=found.bucket is not None,
             method=req.method,
             path=path,
             query=[(k, v) for k, v in req.query.fields if not (k == "key" and placeholder.parse(v))]
@@ -104,6 +102,16 @@ class Admission:
             body=req.raw_content or b"",
             login_wait=config.proxy.login_wait if settings.enabled else None,
         )
+        if not job.pinned:
+            available = settings.buckets or self._buckets(provider.name)
+            if client is not None and "*" not in client.allow and provider.name not in client.allow:
+                available = [b for b in available if client.admits(provider.name, b)]
+            strategy = settings.strategy or config.proxy.strategy
+            if strategy == "sticky":
+                self._place(job, available, config, client)
+            else:
+                job.buckets = self._rotation.plan(provider.name, available, strategy)
+        buckets = job.buckets
         if settings.bucket and (model := provider.model_of(job.call())):
             job.buckets = [b for b in buckets if settings.rules(b).admits(model)]
             if not job.buckets:
@@ -112,6 +120,25 @@ class Admission:
                 name = provider.name
                 return Refusal(404, f"no {name} bucket serves model {model!r}; buckets: {rules}")
         return job
+
+    def _place(
+        self, job: Job, available: list[str], config: Config, client: ClientSettings | None
+    ) -> None:
+        """The `sticky` plan: the conversation's own bucket first, else the most headroom."""
+        name = job.provider.name
+        who = next((n for n, c in config.clients.items() if c is client), "") if client else ""
+        job.conversation = conversation_of(job.provider, job.call(), who)
+        held = self._affinity.get(name, job.conversation) if job.conversation else None
+        quota, affinity = self._quota, self._affinity
+        job.held = held
+        job.buckets = self._rotation.place(
+            name,
+            available,
+            held,
+            lambda b: quota.used(name, b),
+            lambda b: affinity.holds(name, b),
+            config.proxy.move_at,
+        )
 
 
 def dialect_for(host: str, path: str) -> Dialect:

@@ -25,11 +25,13 @@ from login.providers.base import ApiCall, Dialect, LocalReply, Provider, Route
 from login.providers.streams import Reshaper
 from login.tokens import Access
 
+from .affinity import Affinity
 from .delivery import Refused, destination
 from .errors import error_body, error_headers
 from .logins import Logins
 from .outbound import Response, Target, UpstreamTimeout, Withdrawn
 from .placeholder import KEY_HEADERS
+from .quota import Quota
 from .rotation import Rotation
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,9 @@ class Job:
     created: float = field(default_factory=time.monotonic)
     # Every token sent upstream for this request, to take out of what the client gets.
     sent: list[str] = field(default_factory=list)
+    # The conversation the request belongs to (`sticky`), and the bucket that holds it.
+    conversation: str | None = None
+    held: str | None = None
 
     def call(self) -> ApiCall:
         return ApiCall(
@@ -133,36 +138,54 @@ class Dispatch:
         logins: Logins | None,
         sender: Sender | None = None,
         cooldown: float = 60.0,
+        quota: Quota | None = None,
+        affinity: Affinity | None = None,
     ) -> None:
         self.tokens = tokens
         self.rotation = rotation
         self.logins = logins
         self.sender = sender
         self.cooldown = cooldown
+        self.quota = Quota() if quota is None else quota
+        self.affinity = Affinity() if affinity is None else affinity
 
     async def run(self, job: Job) -> Answer:
         provider = job.provider.name
         problems = _Problems()
         for bucket in job.buckets:
+            probe = False
             if self._resting(job, bucket):
-                continue
+                # A long rest is tried again now and then by one request.
+                if not self.rotation.probe(provider, bucket):
+                    continue
+                probe = True
             access = await self._access(provider, bucket, problems)
             if access is None:
                 continue
-            sent = await self._attempt(job, bucket, access, problems)
+            sent = await self._attempt(job, bucket, access, problems, probe)
             if sent is None:
                 continue
             if isinstance(sent, Answer):
                 return sent
             resp, call = sent
-            if resp.status == 429 and not job.pinned:
+            self.quota.observe(provider, bucket, job.provider.usage_from_headers(resp.lookup))
+            outcome = job.provider.classify(resp.status, resp.lookup)
+            if outcome == "rotate" and not job.pinned:
                 # Decoded: the client's Accept-Encoding went upstream, so it may be gzip.
                 body, _ = decoded(await resp.read(_MAX_ERROR_BODY), resp.headers)
                 hint = job.provider.rate_limit_hint(resp.lookup, body)
                 wait = hint if hint is not None else self.cooldown
                 self.rotation.cool(provider, bucket, wait)
-                log.info("keyswap: %s/%s rests %d s after a 429", provider, bucket, int(wait))
+                self.quota.limited(provider, bucket, f"HTTP {resp.status}")
+                why = (provider, bucket, wait, resp.status)
+                log.info("keyswap: %s/%s rests %d s after a %d", *why)
                 continue
+            if probe:
+                log.info("keyswap: %s/%s answered again before its rest ended", provider, bucket)
+                self.rotation.reset(provider, bucket)
+            if job.conversation is not None and bucket != job.held and outcome != "pass":
+                # The conversation moves once, and stays on its new bucket.
+                self.affinity.put(provider, job.conversation, bucket)
             self.rotation.served[provider, bucket] += 1
             reshaper = job.provider.reshape(call, resp.status)
             headers = _response_headers(resp, reshaper)
@@ -195,16 +218,18 @@ class Dispatch:
         return error_answer(job.route.dialect, 401, msg)
 
     async def _attempt(
-        self, job: Job, bucket: str, access: Access, problems: _Problems
+        self, job: Job, bucket: str, access: Access, problems: _Problems, probe: bool = False
     ) -> tuple[Response, ApiCall] | Answer | None:
-        """Send on one bucket; on a 401 refresh once (or adopt what another process
-        refreshed) and send again. None: this bucket cannot serve."""
-        sent = await self._send(job, bucket, access)
-        if sent is None or isinstance(sent, Answer) or sent[0].status != 401:
+        """Send on one bucket; when the token is refused, refresh once (or adopt what
+        another process refreshed) and send again. None: this bucket cannot serve."""
+        sent = await self._send(job, bucket, access, probe)
+        if sent is None or isinstance(sent, Answer):
+            return sent
+        if job.provider.classify(sent[0].status, sent[0].lookup) != "refresh":
             return sent
         sent[0].aclose()
         fresh = await self._access(job.provider.name, bucket, problems, rejected=access.token)
-        return None if fresh is None else await self._send(job, bucket, fresh)
+        return None if fresh is None else await self._send(job, bucket, fresh, probe)
 
     def _resting(self, job: Job, bucket: str) -> bool:
         """A 429 sends a bucket to rest; a request pinned to it goes anyway."""
@@ -261,7 +286,7 @@ class Dispatch:
         return error_answer(dialect, 401, msg)
 
     async def _send(
-        self, job: Job, bucket: str, access: Access
+        self, job: Job, bucket: str, access: Access, probe: bool = False
     ) -> tuple[Response, ApiCall] | Answer | None:
         """Send on `bucket`; None if it started resting before the request left (planned
         before another request's 429, it waited for a refresh or a connection)."""
@@ -284,7 +309,7 @@ class Dispatch:
         headers.extend(extra.items())
         job.sent.append(access.token)
         # Asked again before dialling and right before writing: a 429 may arrive meanwhile.
-        withdraw = None if job.pinned else partial(self._resting, job, bucket)
+        withdraw = None if job.pinned or probe else partial(self._resting, job, bucket)
         try:
             return await self.sender.send(call.method, to, headers, call.body, withdraw), call
         except Withdrawn:

@@ -16,6 +16,7 @@ import gc
 import logging
 import re
 import ssl
+import time
 from pathlib import Path
 
 from mitmproxy import connection, ctx, http
@@ -25,14 +26,17 @@ from login.env import refresh_bundle
 from login.errors import KeyswapError
 from login.net import make_client, ssl_context
 from login.providers import PROVIDERS
+from login.store.paths import data_dir
 from login.tokens import TokenService
 
-from . import placeholder
+from . import placeholder, quota
 from .admission import Admission, Refusal, dialect_for, is_loopback_client
+from .affinity import Affinity
 from .dispatch import Dispatch, Job
 from .errors import error_body, error_headers
 from .logins import Logins
 from .outbound import Outbound
+from .quota import Quota
 from .relay import TICKET_HEADER, Relay
 from .rotation import Rotation
 from .settings import Settings
@@ -46,6 +50,8 @@ for _name in ("httpx", "httpcore", "h11", "hpack"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 _POLL_SECONDS = 1.0
+# Served counters alone are saved this often; rests and quotas at once.
+STATE_EVERY = 30.0
 
 
 class Injector:
@@ -57,11 +63,20 @@ class Injector:
         self.tokens = TokenService(settings.config)
         self.buckets: dict[str, list[str]] = {}
         self.logins = Logins(self.tokens, self.add_bucket)
-        self.dispatch = Dispatch(self.tokens, self.rotation, self.logins)
+        self.quota, self.affinity = Quota(), Affinity()
+        self.dispatch = Dispatch(
+            self.tokens, self.rotation, self.logins, quota=self.quota, affinity=self.affinity
+        )
         self.relay = Relay(self.dispatch)
         self.admission = Admission(
-            lambda: settings.config, self.rotation, lambda p: self.buckets.get(p, [])
+            lambda: settings.config,
+            self.rotation,
+            lambda p: self.buckets.get(p, []),
+            self.affinity,
+            self.quota,
         )
+        self._state = quota.state_path(data_dir())
+        self._saved_mark, self._saved_at = (0, 0), 0.0
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._bundle: asyncio.Task[None] | None = None
@@ -121,6 +136,10 @@ class Injector:
         self.relay.stop()
         if isinstance(self.dispatch.sender, Outbound):
             self.dispatch.sender.close()
+        try:  # the last cooldowns and quotas, for the next start and `login status`
+            quota.save(self._state, self.quota, self.rotation)
+        except (OSError, KeyswapError) as exc:
+            log.warning("keyswap: cannot save the state to %s: %s", self._state, exc)
 
     def add_bucket(self, provider: str, bucket: str) -> None:
         """A login just finished: rotation may use the bucket at once."""
@@ -134,10 +153,12 @@ class Injector:
             self.buckets[provider] = [b for b in known if b not in buckets]
 
     async def _maintain(self) -> None:
-        """Pick up config edits and new logins while running."""
+        """Pick up config edits and new logins while running; keep the state file."""
         problem = None
+        await asyncio.to_thread(quota.restore, self._state, self.quota, self.rotation)
         while True:
             try:
+                await self._save_state()
                 if self.settings.changed():
                     self._reconfigure()
                 # Tokens the store refused (a full disk) are retried here as well as on use.
@@ -158,6 +179,23 @@ class Injector:
                     problem = str(exc)
                     log.warning("keyswap: cannot read the token store: %s", exc)
             await asyncio.sleep(_POLL_SECONDS)
+
+    async def _save_state(self, force: bool = False) -> None:
+        """Cooldowns, quotas and counters to the state file: at once when a rest or a quota
+        changed, else every STATE_EVERY seconds while requests are served."""
+        rotation = self.rotation
+        mark = (rotation.version, sum(rotation.served.values()))
+        now = time.monotonic()
+        changed = self.quota.dirty or mark[0] != self._saved_mark[0]
+        counted = mark != self._saved_mark and now - self._saved_at >= STATE_EVERY
+        if not (changed or counted or force):
+            return
+        self.quota.dirty = False
+        self._saved_mark, self._saved_at = mark, now
+        try:
+            await asyncio.to_thread(quota.save, self._state, self.quota, rotation)
+        except (OSError, KeyswapError) as exc:
+            log.warning("keyswap: cannot save the state to %s: %s", self._state, exc)
 
     async def _refresh_resting(self, buckets: dict[str, list[str]]) -> None:
         """A bucket resting after a 429 gets no traffic, so nothing would refresh its token;

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-Strategy = Literal["round-robin", "failover"]
+Strategy = Literal["sticky", "round-robin", "failover"]
 BUCKET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9@._+-]{0,127}$"
 Bucket = Annotated[str, Field(pattern=BUCKET_PATTERN)]
 
@@ -57,7 +57,12 @@ class _Strict(BaseModel):
 
 
 class ProxySettings(_Strict):
-    strategy: Strategy = "round-robin"
+    # sticky: a conversation stays on one account (its prompt cache); round-robin: every
+    # request to the next account; failover: the first account until it is limited.
+    strategy: Strategy = "sticky"
+    # A bucket past this fraction of any quota window gets no new conversations while
+    # another has headroom (its ongoing conversations stay until it is limited).
+    move_at: float = Field(0.95, gt=0, le=1)
     cooldown: float = Field(60.0, gt=0, description="seconds, when a 429 carries no reset hint")
     allow_remote: bool = False
     # How long a request waits for a login the proxy starts itself (`enabled = true`).

@@ -404,7 +404,7 @@ def test_openai_responses_on_codex_streamed_and_not(
 
 
 def test_round_robin_alternates_buckets(s: Stack) -> None:
-    s.configure('[providers.anthropic]\nbuckets = ["a", "b"]\n')  # round-robin is the default
+    s.configure('[providers.anthropic]\nstrategy = "round-robin"\nbuckets = ["a", "b"]\n')
     token_a, token_b = s.login_anthropic("a"), s.login_anthropic("b")
     with s.proxy() as proxy, http_client(proxy) as client:
         for _ in range(4):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,14 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addon import placeholder
 from addon.admission import Admission, Refusal, dialect_for
+from addon.affinity import Affinity
 from addon.dispatch import Job
 from addon.injector import Injector
+from addon.quota import Quota
 from addon.rotation import Rotation
 from addon.settings import Settings
 from login.config import Config, load_config
+from login.providers.usage import Window
 
 SECRET = "agent-secret-0123456789"
 CLIENTS = f"""
@@ -70,10 +74,14 @@ def admit(
     loopback: bool = True,
     stored: tuple[str, ...] = ("home", "work"),
     rotation: Rotation | None = None,
+    affinity: Affinity | None = None,
+    quota: Quota | None = None,
 ) -> Job | Refusal:
     found = placeholder.find(req)
     assert found is not None
-    admission = Admission(lambda: cfg, rotation or Rotation(), lambda provider: list(stored))
+    admission = Admission(
+        lambda: cfg, rotation or Rotation(), lambda provider: list(stored), affinity, quota
+    )
     return admission.admit(req, loopback, found)
 
 
@@ -150,7 +158,7 @@ def test_a_bucket_in_the_placeholder_is_pinned(tmp_path: Path) -> None:
 
 def test_round_robin_failover_and_configured_order(tmp_path: Path) -> None:
     rotation = Rotation()
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, '[proxy]\nstrategy = "round-robin"')
     firsts = [admit(cfg, request(), rotation=rotation, stored=("a", "b", "c")) for _ in range(4)]
     assert [j.buckets for j in firsts if isinstance(j, Job)] == [
         ["a", "b", "c"],
@@ -223,3 +231,75 @@ def test_the_request_hook_answers_a_refusal_in_the_apis_shape(tmp_path: Path) ->
     error = json.loads(flow.response.content or b"")
     assert error["type"] == "error" and "`..` or `.`" in error["error"]["message"]
     assert flow.request.headers["authorization"] == "Bearer oauth"
+
+
+# -- sticky: a conversation stays on one account ------------------------------------------
+
+
+def chat(first: str, *more: str) -> object:
+    turns = [{"role": "system", "content": "be brief"}, {"role": "user", "content": first}]
+    for i, text in enumerate(more):
+        turns.append({"role": "assistant" if i % 2 == 0 else "user", "content": text})
+    return {"model": "gpt-4.1", "messages": turns}
+
+
+def test_sticky_is_the_default_and_keeps_a_conversation_on_its_bucket(tmp_path: Path) -> None:
+    cfg, rotation, affinity = config(tmp_path), Rotation(), Affinity()
+    first = admit(cfg, request(body=chat("hi")), stored=("a", "b"), affinity=affinity)
+    assert isinstance(first, Job) and first.conversation and first.held is None
+    affinity.put("copilot", first.conversation, "b")  # what the dispatch does once b served
+    for turn in range(1, 6):
+        later = admit(
+            cfg,
+            request(body=chat("hi", *["x"] * turn)),
+            stored=("a", "b"),
+            rotation=rotation,
+            affinity=affinity,
+        )
+        assert isinstance(later, Job) and later.conversation == first.conversation
+        assert later.buckets[0] == "b" and later.held == "b"
+
+
+def test_new_conversations_spread_and_go_where_the_headroom_is(tmp_path: Path) -> None:
+    cfg, affinity, quota = config(tmp_path), Affinity(), Quota()
+    placed = []
+    for i in range(4):
+        job = admit(cfg, request(body=chat(f"topic {i}")), stored=("a", "b"), affinity=affinity)
+        assert isinstance(job, Job) and job.conversation
+        affinity.put("copilot", job.conversation, job.buckets[0])
+        placed.append(job.buckets[0])
+    assert placed == ["a", "b", "a", "b"]
+    quota.observe("copilot", "a", [Window("premium", 0.96)])
+    quota.observe("copilot", "b", [Window("premium", 0.10)])
+    fresh = admit(cfg, request(body=chat("new")), stored=("a", "b"), affinity=affinity, quota=quota)
+    assert isinstance(fresh, Job) and fresh.buckets == ["b", "a"]
+    # An ongoing conversation on a bucket past the threshold stays there.
+    ongoing = admit(
+        cfg, request(body=chat("topic 0", "x")), stored=("a", "b"), affinity=affinity, quota=quota
+    )
+    assert isinstance(ongoing, Job) and ongoing.buckets[0] == "a"
+
+
+def test_a_resting_bucket_loses_its_conversations_and_a_reset_window_counts_no_more(
+    tmp_path: Path,
+) -> None:
+    cfg, rotation, affinity, quota = config(tmp_path), Rotation(), Affinity(), Quota()
+    job = admit(cfg, request(body=chat("hi")), stored=("a", "b"), affinity=affinity)
+    assert isinstance(job, Job) and job.conversation
+    affinity.put("copilot", job.conversation, "a")
+    rotation.cool("copilot", "a", 60)
+    moved = admit(
+        cfg, request(body=chat("hi", "x")), stored=("a", "b"), rotation=rotation, affinity=affinity
+    )
+    assert isinstance(moved, Job) and moved.buckets == ["b", "a"]
+    quota.observe("copilot", "b", [Window("5h", 0.99, resets_at=time.time() - 1)])
+    assert quota.used("copilot", "b") == 0.0
+
+
+def test_the_same_first_turn_from_two_clients_is_two_conversations(tmp_path: Path) -> None:
+    two = CLIENTS + '\n[clients.other]\nsecret = "other-secret-0123456789"\nallow = ["*"]\n'
+    cfg = config(tmp_path, two)
+    mine = admit(cfg, request(key=f"oauth:copilot#{SECRET}", body=chat("hi")), stored=("work",))
+    theirs = admit(cfg, request(key="oauth:copilot#other-secret-0123456789", body=chat("hi")))
+    assert isinstance(mine, Job) and isinstance(theirs, Job)
+    assert mine.conversation and theirs.conversation and mine.conversation != theirs.conversation

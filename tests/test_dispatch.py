@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from addon.affinity import Affinity
 from addon.dispatch import Answer, Dispatch, Job
 from addon.outbound import Response, Target, Withdrawn
-from addon.rotation import Rotation
+from addon.rotation import PROBE_EVERY, Rotation
 from login.credential import Credential
 from login.errors import KeyswapError, NeedsLogin
 from login.providers import PROVIDERS
@@ -377,3 +378,48 @@ def test_pick_for_a_websocket_goes_through_the_same_gate() -> None:
     picked = asyncio.run(dispatch.pick(j))
     assert isinstance(picked, Answer) and picked.status == 502
     assert "tokens go only over https" in message(picked)
+
+
+# -- sticky, probes --------------------------------------------------------------------------
+
+
+def test_a_conversation_moves_once_to_the_bucket_that_served_it() -> None:
+    j = job("a", "b")
+    j.conversation, j.held = "session:1", "a"
+    affinity = Affinity()
+    upstream = Upstream({"a": [limited()], "b": [OK]})
+    dispatch = Dispatch(Tokens(), Rotation(), None, upstream, affinity=affinity)  # type: ignore[arg-type]
+    assert asyncio.run(dispatch.run(j)).status == 200
+    assert affinity.get("anthropic", "session:1") == "b"
+
+
+def test_a_conversation_is_not_held_by_a_bucket_that_refused_the_request() -> None:
+    j = job("a")
+    j.conversation = "session:2"
+    affinity = Affinity()
+    bad: Reply = (400, [], b'{"error":"bad"}')
+    dispatch = Dispatch(Tokens(), Rotation(), None, Upstream({"a": [bad]}), affinity=affinity)  # type: ignore[arg-type]
+    assert asyncio.run(dispatch.run(j)).status == 400
+    assert affinity.get("anthropic", "session:2") is None
+
+
+def test_a_long_rest_is_probed_by_one_request_and_ends_when_it_is_served() -> None:
+    rotation = Rotation()
+    rotation.cool("anthropic", "a", 7 * 86400)  # a weekly limit
+    answer, upstream, _ = run(job("a", "b"), {"b": [OK]}, rotation=rotation)
+    assert upstream.buckets() == ["b"]  # just rested: no probe yet
+    rotation._probed["anthropic", "a"] -= PROBE_EVERY + 1
+    answer, upstream, _ = run(job("a", "b"), {"a": [OK]}, rotation=rotation)
+    assert answer.status == 200 and upstream.buckets() == ["a"]
+    assert rotation.cooling_until("anthropic", "a") is None
+
+
+def test_a_probe_that_is_limited_again_rests_and_the_next_bucket_serves() -> None:
+    rotation = Rotation()
+    rotation.cool("anthropic", "a", 7 * 86400)
+    rotation._probed["anthropic", "a"] -= PROBE_EVERY + 1
+    answer, upstream, _ = run(job("a", "b"), {"a": [limited(3600)], "b": [OK]}, rotation=rotation)
+    assert answer.status == 200 and upstream.buckets() == ["a", "b"]
+    assert rotation.cooling_until("anthropic", "a") is not None
+    _, upstream, _ = run(job("a", "b"), {"b": [OK]}, rotation=rotation)
+    assert upstream.buckets() == ["b"]  # one probe per PROBE_EVERY

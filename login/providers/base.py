@@ -25,9 +25,9 @@ from ..redact import redact
 from ..ui import LoginUI
 from .paths import CheckedPath, under
 from .ratelimit import retry_after
-from .usage import Outcome, Window
 from .shapes import dump_json, parse_json
 from .streams import Reshaper
+from .usage import Outcome, Window
 
 log = logging.getLogger(__name__)
 

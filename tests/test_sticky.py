@@ -1,0 +1,104 @@
+"""Subscription-aware scheduling end to end: a real mitmdump with the addon, the official
+Anthropic SDK, two logged-in accounts on the fake Anthropic API. A conversation's turns stay
+on one account (its prompt cache), new conversations spread, a conversation moves once when
+its account is limited, and a restart remembers the rest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from tests.conftest import User
+from tests.e2e import Stack, stack
+from tests.test_addon import sdk_env
+
+TWO = '[providers.anthropic]\nbuckets = ["a", "b"]\n'
+
+
+@pytest.fixture
+def s(user: User, tmp_path: Path) -> Iterator[Stack]:
+    with stack(user, tmp_path) as st:
+        yield st
+
+
+def converse(client: anthropic.Anthropic, topic: str, turns: int) -> None:
+    """A conversation as a chat client sends it: every turn repeats the ones before."""
+    history: list[anthropic.types.MessageParam] = []
+    for turn in range(turns):
+        history.append({"role": "user", "content": f"{topic}, turn {turn}"})
+        reply = client.messages.create(
+            model="claude-test", max_tokens=32, system="You are terse.", messages=history
+        )
+        history.append({"role": "assistant", "content": reply.content[0].text})  # type: ignore[union-attr]
+
+
+def accounts(s: Stack, tokens: dict[str, str]) -> list[str]:
+    """The bucket of each request the fake API served, in order."""
+    by_token = {token: bucket for bucket, token in tokens.items()}
+    return [by_token[c.headers["authorization"].split()[-1]] for c in s.api.calls]
+
+
+def test_every_turn_of_a_conversation_lands_on_one_account(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s.configure(TWO)
+    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        converse(anthropic.Anthropic(api_key="oauth:anthropic"), "tides", 10)
+    used = accounts(s, tokens)
+    assert len(used) == 10 and len(set(used)) == 1, used
+
+
+def test_concurrent_conversations_spread_and_each_stays_put(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s.configure(TWO)
+    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = anthropic.Anthropic(api_key="oauth:anthropic")
+        # One first turn each, in order, so that the spreading is deterministic...
+        for topic in ("one", "two", "three"):
+            converse(client, topic, 1)
+        first = accounts(s, tokens)
+        # ...then the three conversations go on at once.
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda t: converse(client, t, 4), ("one", "two", "three")))
+    assert sorted(first) == ["a", "a", "b"]  # spread over both accounts
+    by_topic: dict[str, set[str]] = {}
+    for call, bucket in zip(s.api.calls[3:], accounts(s, tokens)[3:], strict=True):
+        topic = call.body["messages"][0]["content"].split(",")[0]  # type: ignore[index]
+        by_topic.setdefault(topic, set()).add(bucket)
+    assert by_topic == {t: {first[i]} for i, t in enumerate(("one", "two", "three"))}
+
+
+def test_a_limited_account_loses_the_conversation_once_and_a_restart_remembers(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s.configure(TWO)
+    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = anthropic.Anthropic(api_key="oauth:anthropic")
+        converse(client, "tides", 1)
+        home = accounts(s, tokens)[0]
+        other = "b" if home == "a" else "a"
+        s.api.rate_limit("anthropic", token=tokens[home], seconds=3600)
+        converse(client, "tides", 3)
+    used = accounts(s, tokens)
+    # The 429 is retried on the other account, and the later turns stay there.
+    assert used == [home, home, other, other, other], used
+    state = json.loads((s.user.data_dir / "state.json").read_text())
+    assert state["buckets"][f"anthropic:{home}"]["cooling_until"] is not None
+
+    before = len(s.api.calls)
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        converse(anthropic.Anthropic(api_key="oauth:anthropic"), "new topic", 2)
+    assert accounts(s, tokens)[before:] == [other, other]  # the rest was remembered
