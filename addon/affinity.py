@@ -29,7 +29,7 @@ _PREFIX = 32 * 1024
 
 
 class Affinity:
-    def __init__(self, size: int = 50_000, ttl: float = 6 * 3600.0) -> None:
+    def __init__(self, size: int = 20_000, ttl: float = 6 * 3600.0) -> None:
         self.size, self.ttl = size, ttl
         # (provider, conversation) -> (bucket, last used), least recently used first.
         self._held: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
