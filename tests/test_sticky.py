@@ -102,3 +102,29 @@ def test_a_limited_account_loses_the_conversation_once_and_a_restart_remembers(
         sdk_env(proxy, monkeypatch)
         converse(anthropic.Anthropic(api_key="oauth:anthropic"), "new topic", 2)
     assert accounts(s, tokens)[before:] == [other, other]  # the rest was remembered
+
+
+def test_a_stream_of_a_limited_conversation_is_retried_elsewhere_and_still_streams(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s.configure(TWO)
+    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = anthropic.Anthropic(api_key="oauth:anthropic")
+        converse(client, "tides", 1)
+        home = accounts(s, tokens)[0]
+        s.api.rate_limit("anthropic", token=tokens[home], seconds=3600)
+        history: list[anthropic.types.MessageParam] = [
+            {"role": "user", "content": "tides, turn 0"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "tides, turn 1"},
+        ]
+        with client.messages.stream(
+            model="claude-test", max_tokens=32, system="You are terse.", messages=history
+        ) as stream:
+            pieces = list(stream.text_stream)
+        converse(client, "tides", 1)  # the next turn stays where the stream went
+    assert len(pieces) > 1 and "".join(pieces) == s.api.text
+    used = accounts(s, tokens)
+    assert used[1] == home and used[2] == used[3] != home, used
