@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from mitmproxy.net import encoding
 
-from login.errors import ClientError, KeyswapError, NeedsLogin
+from login.errors import ClientError, KeyswapError, NeedsLogin, login_command
 from login.providers.base import ApiCall, Dialect, LocalReply, Provider, Route
 from login.providers.streams import Reshaper
 from login.tokens import Access
@@ -129,6 +129,8 @@ class Tokens(Protocol):
         self, provider: str, bucket: str, *, force: bool = ..., rejected: str | None = ...
     ) -> Any: ...
 
+    async def revoked(self, provider: str, bucket: str, token: str, why: str) -> None: ...
+
 
 class Dispatch:
     def __init__(
@@ -180,6 +182,15 @@ class Dispatch:
                 why = (provider, bucket, wait, resp.status)
                 log.info("keyswap: %s/%s rests %d s after a %d", *why)
                 continue
+            if outcome == "relogin":
+                await self.tokens.revoked(provider, bucket, job.sent[-1], f"HTTP {resp.status}")
+                if not job.pinned:
+                    resp.aclose()
+                    problems.needs_login.append(
+                        f"{provider}/{bucket}: the provider refused the login (HTTP "
+                        f"{resp.status}); run `{login_command(provider, bucket)}`"
+                    )
+                    continue
             if probe:
                 log.info("keyswap: %s/%s answered again before its rest ended", provider, bucket)
                 self.rotation.reset(provider, bucket)

@@ -191,6 +191,20 @@ class TokenService:
             self._cache[name] = fresh
             return fresh
 
+    async def revoked(self, provider: str, bucket: str, token: str, why: str) -> None:
+        """The provider refused the login itself when `token` was sent (revoked, suspended):
+        store it as needing a new login, so that no process uses it again, also after a
+        restart, until the user logs in again; unless a login since replaced that token."""
+        name = entry_name(provider, bucket)
+        async with self._lock(name), async_file_lock(name):
+            cred = await self._current(provider, bucket)
+            if cred is None or cred.needs_login or cred.token != token:
+                return
+            dead = cred.model_copy(update={"needs_login": why, "updated_at": time.time()})
+            await self._keep(dead)
+            self._cache.pop(name, None)
+        log.warning("keyswap: %s/%s needs a new login: %s", provider, bucket, why)
+
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 

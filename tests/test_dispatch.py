@@ -71,6 +71,9 @@ class Tokens:
         self.refreshed.append((bucket, kw.get("rejected")))
         self.minted[bucket] += 1
 
+    async def revoked(self, provider: str, bucket: str, token: str, why: str) -> None:
+        self.fail[bucket] = NeedsLogin(provider, bucket, why)
+
 
 @dataclass
 class Sent:
@@ -423,3 +426,21 @@ def test_a_probe_that_is_limited_again_rests_and_the_next_bucket_serves() -> Non
     assert rotation.cooling_until("anthropic", "a") is not None
     _, upstream, _ = run(job("a", "b"), {"b": [OK]}, rotation=rotation)
     assert upstream.buckets() == ["b"]  # one probe per PROBE_EVERY
+
+
+class Revoking(type(ANTHROPIC)):  # type: ignore[misc]
+    """A provider whose 403 means the login was revoked."""
+
+    def classify(self, status: int, headers: Any) -> Any:
+        return "relogin" if status == 403 else super().classify(status, headers)
+
+
+def test_a_revoked_login_is_marked_and_the_next_bucket_serves() -> None:
+    tokens = Tokens()
+    j = job("a", "b")
+    j.provider = Revoking(**ANTHROPIC.model_dump())
+    answer, upstream, _ = run(j, {"a": [(403, [], b"{}")], "b": [OK]}, tokens)
+    assert answer.status == 200 and upstream.buckets() == ["a", "b"]
+    assert isinstance(tokens.fail["a"], NeedsLogin)
+    again, upstream, _ = run(job("a", "b"), {"b": [OK]}, tokens)
+    assert again.status == 200 and upstream.buckets() == ["b"]

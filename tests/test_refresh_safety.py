@@ -480,3 +480,30 @@ def test_google_setup_errors_do_not_quote_the_token(fake: FakeOAuth) -> None:
         assert "denied" in str(caught.value) and token not in str(caught.value)
 
     run(go())
+
+
+def test_a_login_the_provider_revoked_stays_marked_until_a_new_login(
+    env: User, fake: FakeOAuth
+) -> None:
+    """What the dispatch does when a provider's answer means the login is gone: stored as
+    needing a new login (for every process, across restarts), unless a login replaced it."""
+
+    async def go() -> None:
+        svc = service(fake, env)
+        await log_in(svc, fake, "anthropic", "default")
+        old = (await svc.access("anthropic", "default")).token
+        await svc.revoked("anthropic", "default", "not-the-current-token", "HTTP 403")
+        assert (await svc.access("anthropic", "default")).token == old  # untouched
+        await svc.revoked("anthropic", "default", old, "HTTP 403")
+        with pytest.raises(NeedsLogin):
+            await svc.access("anthropic", "default")
+        await svc.aclose()
+        later = service(fake, env)  # another process, or the proxy restarted
+        assert [e.state for e in later.entries()] == ["needs-login"]
+        with pytest.raises(NeedsLogin):
+            await later.access("anthropic", "default")
+        await log_in(later, fake, "anthropic", "default")
+        assert (await later.access("anthropic", "default")).token
+        await later.aclose()
+
+    run(go())
