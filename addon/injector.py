@@ -77,6 +77,8 @@ class Injector:
         )
         self._state = quota.state_path(data_dir())
         self._saved_mark, self._saved_at = (0, 0), 0.0
+        self._polled: dict[tuple[str, str], float] = {}
+        self._polls: set[asyncio.Future[None]] = set()
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._bundle: asyncio.Task[None] | None = None
@@ -172,6 +174,7 @@ class Injector:
                 self.buckets = found
                 problem = None
                 await self._refresh_resting(found)
+                self._poll_usage(found)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -196,6 +199,30 @@ class Injector:
             await asyncio.to_thread(quota.save, self._state, self.quota, rotation)
         except (OSError, KeyswapError) as exc:
             log.warning("keyswap: cannot save the state to %s: %s", self._state, exc)
+
+    def _poll_usage(self, buckets: dict[str, list[str]]) -> None:
+        """Ask the usage endpoint of providers whose answers carry no usage (Copilot), each
+        bucket every `usage_poll` seconds, in the background."""
+        now = time.monotonic()
+        for name, names in buckets.items():
+            every = PROVIDERS[name].usage_poll if name in PROVIDERS else None
+            if every is None:
+                continue
+            for bucket in names:
+                key = (name, bucket)
+                if now - self._polled.get(key, -1e9) >= every:
+                    self._polled[key] = now
+                    task = asyncio.ensure_future(self._poll_one(name, bucket))
+                    self._polls.add(task)
+                    task.add_done_callback(self._polls.discard)
+
+    async def _poll_one(self, provider: str, bucket: str) -> None:
+        try:
+            windows = await self.tokens.usage(provider, bucket)
+        except KeyswapError as exc:
+            log.debug("keyswap: %s/%s usage: %s", provider, bucket, exc)
+            return
+        self.quota.observe(provider, bucket, windows)
 
     async def _refresh_resting(self, buckets: dict[str, list[str]]) -> None:
         """A bucket resting after a 429 gets no traffic, so nothing would refresh its token;

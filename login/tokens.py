@@ -26,6 +26,7 @@ from .credential import Credential, State
 from .errors import BadEntry, KeyswapError, NeedsLogin, RefreshFailed, StoreError, login_command
 from .net import make_client
 from .providers import PROVIDERS, LoginContext, Provider
+from .providers.usage import Window
 from .redact import redact
 from .store import Store, async_file_lock, entry_name, open_store
 from .ui import LoginUI
@@ -190,6 +191,16 @@ class TokenService:
                     fresh = await self._refresh_stored(p, cred)
             self._cache[name] = fresh
             return fresh
+
+    async def usage(self, provider: str, bucket: str) -> list[Window]:
+        """The account's quota windows from the provider's usage endpoint, if it has one."""
+        p = get_provider(provider)
+        cred = self._cache.get(entry_name(provider, bucket)) or await asyncio.to_thread(
+            self.store.load, provider, bucket
+        )
+        if cred is None or cred.needs_login:
+            return []
+        return await p.poll_usage(self.http, self.endpoints(provider), cred)
 
     async def revoked(self, provider: str, bucket: str, token: str, why: str) -> None:
         """The provider refused the login itself when `token` was sent (revoked, suspended):

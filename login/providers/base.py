@@ -179,6 +179,8 @@ class Provider(BaseModel):
     api_hosts: tuple[str, ...] = ()
     # Where this provider is listed among the others (status page, help, doctor).
     order: int = 100
+    # Seconds between polls of `poll_usage` (None: the provider has no usage endpoint).
+    usage_poll: float | None = None
     # The account's models for the status page: a GET of this path under the API base
     # (with `models_query()`); None when the provider has no listing keyswap reads.
     models_path: str | None = None
@@ -441,6 +443,13 @@ class Provider(BaseModel):
 
     def usage_from_headers(self, headers: Mapping[str, str]) -> list[Window]:
         """The account's quota windows as an answer's headers report them (any answer)."""
+        return []
+
+    async def poll_usage(
+        self, http: httpx.AsyncClient, endpoints: Mapping[str, str], cred: Credential
+    ) -> list[Window]:
+        """The account's quota windows from a usage endpoint, for a provider whose answers
+        do not carry them (`usage_poll` seconds apart); [] when it has none."""
         return []
 
     def conversation(self, call: ApiCall) -> str | None:

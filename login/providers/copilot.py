@@ -3,6 +3,7 @@ short-lived Copilot token (docs/providers.md §1)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import time
@@ -22,6 +23,7 @@ from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds, t
 from .ratelimit import latest
 from .shapes import BodyShape
 from .streams import Reshaper
+from .usage import Window
 
 # keyswap's editor: VS Code's Copilot Chat, at the newest versions the facts name (pi-mono's
 # profile, docs/providers.md §1.2; ericc and litellm pin older ones). Copilot requires an editor and
@@ -158,6 +160,31 @@ class Copilot(Provider):
         """Copilot's 466 names no header and is no shape an SDK reads: the client gets an
         error in its own API's shape saying which versions were refused and what helps."""
         return _Outdated(call) if status == OUTDATED else None
+
+    async def poll_usage(
+        self, http: httpx.AsyncClient, endpoints: Mapping[str, str], cred: Credential
+    ) -> list[Window]:
+        """The premium-request allowance from the usage endpoint, with the GitHub token
+        (docs/providers.md §1.1: `quota_snapshots`); chat and completions are unlimited on
+        paid plans and say so."""
+        github = cred.refresh_token.get_secret_value() if cred.refresh_token else ""
+        req = http.build_request(
+            "GET", endpoints["usage"], headers={"Authorization": f"token {github}", **_JSON}
+        )
+        try:
+            resp = await http.send(req)
+        except httpx.HTTPError:
+            return []
+        data = body_of(resp) if resp.status_code == 200 else {}
+        snapshots = data.get("quota_snapshots")
+        resets = _reset_date(data.get("quota_reset_date"))
+        windows = []
+        for name, snap in (snapshots or {}).items() if isinstance(snapshots, dict) else ():
+            left = seconds(snap.get("percent_remaining")) if isinstance(snap, dict) else None
+            if left is None or snap.get("unlimited") is True:
+                continue
+            windows.append(Window(str(name), max(0.0, 1 - left / 100), resets))
+        return windows
 
     def rate_limit_hint(self, headers: Mapping[str, str], body: bytes) -> float | None:
         """The wait a 429's message names ("Please try again in 51 hours."): for a weekly
@@ -348,6 +375,7 @@ _HOSTS = (
 PROVIDER = Copilot(
     name="copilot",
     order=10,
+    usage_poll=300.0,
     models_path="/models",
     title="GitHub Copilot",
     flow="device",
@@ -380,3 +408,14 @@ PROVIDER = Copilot(
     # The Copilot token names its API host (api.individual.githubcopilot.com, ...).
     api_hosts=(".githubcopilot.com",),
 )
+
+
+def _reset_date(value: object) -> float | None:
+    """`quota_reset_date` ("2026-12-01", UTC midnight) as unix seconds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        day = datetime.date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+    return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC).timestamp()
