@@ -25,9 +25,9 @@ from ..redact import redact
 from ..ui import LoginUI
 from .paths import CheckedPath, under
 from .ratelimit import retry_after
-from .usage import Outcome, Window
 from .shapes import dump_json, parse_json
 from .streams import Reshaper
+from .usage import Outcome, Window
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +441,11 @@ class Provider(BaseModel):
 
     def usage_from_headers(self, headers: Mapping[str, str]) -> list[Window]:
         """The account's quota windows as an answer's headers report them (any answer)."""
+        return []
+
+    def usage_from_event(self, event: dict[str, Any]) -> list[Window]:
+        """The account's quota windows as one event of a streamed answer reports them (the
+        event's parsed JSON data); most providers send none inside a stream."""
         return []
 
     def conversation(self, call: ApiCall) -> str | None:
