@@ -356,10 +356,12 @@ def _is_conversation(call: ApiCall) -> bool:
 def initiator(conversation: _Conversation) -> str:
     """`user` when the request answers a person's new message, `agent` when it continues
     the model's own work (a tool result, an assistant turn). Copilot bills premium requests
-    only for `user`, so this must be right both ways."""
-    if not conversation.turns:
+    only for `user`, so this must be right both ways. Decided by the last turn that is not
+    a system or developer message: clients append reminders after a user's message, and
+    those do not make it the model's turn (issue 15.6)."""
+    last = next((t for t in reversed(conversation.turns) if t.role not in _SETTING), None)
+    if last is None:
         return "user"
-    last = conversation.turns[-1]
     if last.role != "user" or last.type in _AGENT_ITEMS:
         return "agent"
     if isinstance(last.content, list) and any(p.type == "tool_result" for p in last.content):
@@ -368,6 +370,8 @@ def initiator(conversation: _Conversation) -> str:
 
 
 _AGENT_ITEMS = {"function_call_output", "function_call", "reasoning", "custom_tool_call_output"}
+# Roles that set the scene rather than take a turn (Chat Completions and Responses alike).
+_SETTING = {"system", "developer"}
 _IMAGES = {"image_url", "image", "input_image"}
 
 
