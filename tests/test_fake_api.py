@@ -508,6 +508,188 @@ def test_code_assist_429_and_delegation_to_oauth(api: FakeAPI, http: httpx.Clien
     assert api.count("antigravity", "generateContent") == 2
 
 
+def test_copilot_spent_allowance_is_a_402_without_headers(api: FakeAPI, http: httpx.Client) -> None:
+    a, b = api.mint_token("copilot"), api.mint_token("copilot")
+    api.exhaust_quota("copilot", token=a)
+    url = "https://api.githubcopilot.com/chat/completions"
+    other = http.post(url, headers=bearer(b, **COPILOT_HEADERS), json=CHAT)
+    resp = http.post(url, headers=bearer(a, **COPILOT_HEADERS), json=CHAT)
+    assert other.status_code == 200
+    assert resp.status_code == 402
+    assert resp.json() == {"error": {"message": "You have no quota", "code": "quota_exceeded"}}
+    assert "retry-after" not in resp.headers
+    with pytest.raises(ValueError, match="only Copilot"):
+        api.exhaust_quota("codex")
+
+
+# -- usage signals (docs/providers.md §2.5, §5.3) --------------------------------------------
+
+UNIFIED = "anthropic-ratelimit-unified-"
+
+
+def _anthropic(http: httpx.Client, token: str, **body: object) -> httpx.Response:
+    url = "https://api.anthropic.com/v1/messages"
+    return http.post(url, headers=bearer(token, **OAUTH_BETA), json={**MESSAGES, **body})
+
+
+def test_anthropic_answers_report_each_accounts_windows(api: FakeAPI, http: httpx.Client) -> None:
+    a, b = api.mint_token("anthropic"), api.mint_token("anthropic")
+    api.usage("anthropic", token=a, five_hour=0.96, seven_day=0.2, five_hour_reset=1900000000)
+    first, other = _anthropic(http, a), _anthropic(http, b, stream=True)
+    h = first.headers
+    assert (h[f"{UNIFIED}5h-utilization"], h[f"{UNIFIED}7d-utilization"]) == ("0.96", "0.2")
+    assert (h[f"{UNIFIED}5h-status"], h[f"{UNIFIED}status"]) == ("allowed", "allowed")
+    assert h[f"{UNIFIED}5h-reset"] == "1900000000"
+    assert abs(int(h[f"{UNIFIED}7d-reset"]) - (time.time() + 3 * 86400)) < 5
+    assert h[f"{UNIFIED}representative-claim"] == "five_hour"
+    assert f"{UNIFIED}overage-utilization" not in h
+    # The other account reports the defaults, on a stream too.
+    o = other.headers
+    assert (o[f"{UNIFIED}5h-utilization"], o[f"{UNIFIED}7d-utilization"]) == ("0.12", "0.03")
+    # A later setting starts from the account's own numbers.
+    api.usage("anthropic", token=a, seven_day=1.0, overage=0.5)
+    h = _anthropic(http, a).headers
+    assert (h[f"{UNIFIED}5h-utilization"], h[f"{UNIFIED}7d-status"]) == ("0.96", "rejected")
+    assert h[f"{UNIFIED}status"] == "rejected"
+    assert h[f"{UNIFIED}overage-utilization"] == "0.5"
+    # An API key is no subscription: no windows.
+    key = http.post(
+        "https://api.anthropic.com/v1/messages",
+        headers={"x-api-key": "sk-ant-api03-x"},
+        json=MESSAGES,
+    )
+    assert key.status_code == 200 and f"{UNIFIED}5h-utilization" not in key.headers
+
+
+def test_anthropic_429_reports_the_full_window(api: FakeAPI, http: httpx.Client) -> None:
+    token = api.mint_token("anthropic")
+    api.usage("anthropic", token=token, seven_day=0.4)
+    api.rate_limit("anthropic", token=token, hint="none")
+    h = _anthropic(http, token).headers
+    assert (h[f"{UNIFIED}5h-utilization"], h[f"{UNIFIED}5h-status"]) == ("1", "rejected")
+    assert h[f"{UNIFIED}7d-utilization"] == "0.4"
+    assert not [k for k in h if k.endswith("-reset")], "hint none: no reset at all"
+
+
+def test_usage_knob_checks_its_names(api: FakeAPI) -> None:
+    with pytest.raises(ValueError, match="five_hour"):
+        api.usage("anthropic", fivehour=0.5)
+    with pytest.raises(ValueError, match="primary"):
+        api.usage("codex", five_hour=0.5)
+    with pytest.raises(ValueError, match="not 'copilot'"):
+        api.usage("copilot", premium=0.5)
+
+
+def _codex_stream(
+    http: httpx.Client, api: FakeAPI, token: str, headers: dict[str, str] | None = None
+) -> tuple[httpx.Headers, list[dict[str, str]]]:
+    sent = {**codex_headers(api, token), **(headers or {})}
+    with http.stream("POST", CODEX_URL, headers=sent, json=CODEX_BODY) as resp:
+        assert resp.status_code == 200
+        return resp.headers, [fields for _, fields in sse_events(resp)]
+
+
+def test_codex_answers_and_streams_report_each_accounts_windows(
+    api: FakeAPI, http: httpx.Client
+) -> None:
+    a, b = api.mint_token("codex"), api.mint_token("codex")
+    api.usage("codex", token=a, primary=0.96, secondary=0.5, primary_reset=1900000000)
+    headers, events = _codex_stream(http, api, a)
+    assert headers["x-codex-primary-used-percent"] == "96"
+    assert headers["x-codex-primary-window-minutes"] == "300"
+    assert headers["x-codex-primary-reset-at"] == "1900000000"
+    assert headers["x-codex-secondary-used-percent"] == "50"
+    assert headers["x-codex-secondary-window-minutes"] == "10080"
+    after = int(headers["x-codex-secondary-reset-after-seconds"])
+    assert abs(after - 10080 * 30) < 5
+    first = events[0]
+    assert (first["event"], first["id"]) == ("codex.rate_limits", "0")
+    assert [e["id"] for e in events] == [str(i) for i in range(len(events))]
+    data = json.loads(first["data"])
+    assert data["type"] == "codex.rate_limits" and data["plan_type"] == "plus"
+    limits = data["rate_limits"]
+    assert (limits["allowed"], limits["limit_reached"]) == (True, False)
+    assert limits["primary"]["used_percent"] == 96
+    assert limits["primary"]["window_minutes"] == 300
+    assert limits["primary"]["reset_at"] == 1900000000
+    assert limits["secondary"]["used_percent"] == 50
+    assert json.loads(events[1]["data"])["type"] == "response.created"
+    # The other account, and the models listing, report the defaults.
+    other, _ = _codex_stream(http, api, b)
+    assert other["x-codex-primary-used-percent"] == "12"
+    models = http.get("https://chatgpt.com/backend-api/codex/models", headers=codex_headers(api, a))
+    assert models.headers["x-codex-primary-used-percent"] == "96"
+    # Without the event the stream is the Responses events alone.
+    api.codex_rate_limit_event = False
+    _, plain = _codex_stream(http, api, a)
+    assert json.loads(plain[0]["data"])["type"] == "response.created"
+    assert plain[0]["id"] == "0"
+
+
+def test_codex_429_reports_the_full_window(api: FakeAPI, http: httpx.Client) -> None:
+    token = api.mint_token("codex")
+    api.usage("codex", token=token, secondary=0.25)
+    api.rate_limit("codex", token=token, hint="body", seconds=45)
+    resp = http.post(CODEX_URL, headers=codex_headers(api, token), json=CODEX_BODY)
+    assert resp.status_code == 429
+    h = resp.headers
+    assert (h["x-codex-primary-used-percent"], h["x-codex-secondary-used-percent"]) == (
+        "100",
+        "25",
+    )
+    assert abs(int(h["x-codex-primary-reset-at"]) - (time.time() + 45)) < 5
+
+
+# -- which account served which conversation -------------------------------------------------
+
+
+def test_served_logs_each_conversations_account(api: FakeAPI, http: httpx.Client) -> None:
+    a, b = api.mint_token("anthropic"), api.mint_token("anthropic")
+    legacy = "user_" + "ab" * 32 + "_account__session_conv-1"
+    newer = json.dumps({"device_id": "cd" * 32, "account_uuid": "", "session_id": "conv-2"})
+    api.rate_limit("anthropic", token=a, times=1)
+    for token, user_id in ((a, legacy), (b, legacy), (b, legacy), (a, newer), (a, "alice")):
+        _anthropic(http, token, metadata={"user_id": user_id})
+    assert api.accounts("conv-1") == [b, b], "the 429 served nothing"
+    assert api.accounts("conv-2") == [a]
+    assert api.accounts("conv-1", provider="codex") == []
+    assert [(s.token, s.conversation, s.status) for s in api.served] == [
+        (a, "conv-1", 429),
+        (b, "conv-1", 200),
+        (b, "conv-1", 200),
+        (a, "conv-2", 200),
+        (a, None, 200),
+    ]
+    assert {s.provider for s in api.served} == {"anthropic"}
+
+
+def test_served_reads_each_providers_conversation_id(api: FakeAPI, http: httpx.Client) -> None:
+    codex, copilot, gemini = (api.mint_token(p) for p in ("codex", "copilot", "gemini"))
+    http.post(
+        CODEX_URL, headers=codex_headers(api, codex) | {"session_id": "cx-1"}, json=CODEX_BODY
+    )
+    http.post(
+        CODEX_URL, headers=codex_headers(api, codex), json=CODEX_BODY | {"prompt_cache_key": "cx-2"}
+    )
+    chat = "https://api.githubcopilot.com/chat/completions"
+    copilot_headers = bearer(copilot, **COPILOT_HEADERS)
+    http.post(chat, headers=copilot_headers | {"x-client-session-id": "cp-1"}, json=CHAT)
+    http.post(chat, headers=copilot_headers, json=CHAT | {"user": "cp-2"})
+    http.post(chat, headers=copilot_headers, json=CHAT | {"prompt_cache_key": "cp-3"})
+    url = "https://cloudcode-pa.googleapis.com/v1internal:generateContent"
+    body = {"model": "gemini-2.5-pro", "project": "p", "request": {"contents": []}}
+    http.post(url, headers=bearer(gemini), json=body | {"request": {"session_id": "g-1"}})
+    http.get("https://chatgpt.com/backend-api/codex/models", headers=codex_headers(api, codex))
+    assert [(s.provider, s.token, s.conversation) for s in api.served] == [
+        ("codex", codex, "cx-1"),
+        ("codex", codex, "cx-2"),
+        ("copilot", copilot, "cp-1"),
+        ("copilot", copilot, "cp-2"),
+        ("copilot", copilot, "cp-3"),
+        ("gemini", gemini, "g-1"),
+    ], "the models listing is no conversation"
+
+
 # -- official SDKs --------------------------------------------------------------------------
 
 

@@ -12,10 +12,29 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..credential import Credential
-from .base import LoginContext, Provider, Route
+from .base import ApiCall, LoginContext, Provider, Route
 from .ratelimit import is_number, latest
+from .sessions import claude_session
+from .usage import Outcome, Window
+from .windows import number, reset_time
 
 OAUTH_BETA = "oauth-2025-04-20"
+# The unified limiter's headers (docs/providers.md §5.3): per window `-utilization` (a fraction,
+# 0..1), `-reset` (unix seconds) and `-status` (allowed, allowed_warning, rejected).
+UNIFIED = "anthropic-ratelimit-unified-"
+# The windows keyswap reads, as the headers name them, with their length in minutes.
+WINDOWS = (("5h", 300.0), ("7d", 10080.0), ("7d_oi", 10080.0))
+# The paid "extra usage" budget beyond the plan (`-overage-*`): a window only while it is
+# enabled and reports a utilization (public usage monitors show it so; a status alone,
+# e.g. "rejected" for an organisation that disabled it, declares a policy, not a use).
+OVERAGE = "overage"
+# What an answer means for the account (docs/providers.md §5.3); other errors are the
+# request's own (400 "only authorized for use with Claude Code", 403 permission_error, 413).
+OUTCOMES: dict[int, Outcome] = {
+    429: "rotate",  # the unified limiter (or a request rate limit): rest until the reset
+    401: "refresh",  # "OAuth token has expired": refresh once
+    529: "pass",  # overloaded_error: Anthropic's capacity, not this account's
+}
 
 
 class Anthropic(Provider):
@@ -56,6 +75,49 @@ class Anthropic(Provider):
             if reset and is_number(reset) and headers.get("anthropic-ratelimit-unified-status"):
                 resets.append(float(reset) - now)
         return latest(super().rate_limit_hint(headers, body), *resets)
+
+    def classify(self, status: int, headers: Mapping[str, str]) -> Outcome:
+        return OUTCOMES.get(status) or super().classify(status, headers)
+
+    def usage_from_headers(self, headers: Mapping[str, str]) -> list[Window]:
+        """The 5-hour and 7-day windows (and `7d_oi`, and the overage budget when it is in
+        play) every subscription answer reports (docs/providers.md §5.3)."""
+        now = time.time()
+        found = []
+        for name, minutes in WINDOWS:
+            window = _window(headers, name, minutes, now)
+            if window is not None:
+                found.append(window)
+        status = headers.get(f"{UNIFIED}{OVERAGE}-status")
+        if status != "not_enabled":
+            used = number(headers.get(f"{UNIFIED}{OVERAGE}-utilization"))
+            if used is not None:
+                reset = reset_time(headers.get(f"{UNIFIED}{OVERAGE}-reset"), now)
+                found.append(Window(OVERAGE, used, reset, None, _word(status)))
+        return found
+
+    def conversation(self, call: ApiCall) -> str | None:
+        """Claude Code's session id, from `metadata.user_id` (docs/providers.md §5.3)."""
+        session = claude_session(call.body)
+        return None if session is None else f"claude-session:{session}"
+
+
+def _window(headers: Mapping[str, str], name: str, minutes: float, now: float) -> Window | None:
+    """One window of the unified limiter; None when the answer says nothing usable of it.
+    A window marked `rejected` without a utilization is a full one."""
+    status = _word(headers.get(f"{UNIFIED}{name}-status"))
+    used = number(headers.get(f"{UNIFIED}{name}-utilization"))
+    if used is None:
+        if status != "rejected":
+            return None
+        used = 1.0
+    reset = reset_time(headers.get(f"{UNIFIED}{name}-reset"), now)
+    return Window(name, used, reset, minutes, status)
+
+
+def _word(value: str | None) -> str | None:
+    """A status word as the provider sent it, if it is one (short, no spaces)."""
+    return value if value and len(value) <= 32 and value.isascii() and " " not in value else None
 
 
 PROVIDER = Anthropic(

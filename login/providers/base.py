@@ -445,6 +445,11 @@ class Provider(BaseModel):
         """The account's quota windows as an answer's headers report them (any answer)."""
         return []
 
+    def usage_from_event(self, event: dict[str, Any]) -> list[Window]:
+        """The account's quota windows as one event of a streamed answer reports them (the
+        event's parsed JSON data); most providers send none inside a stream."""
+        return []
+
     async def poll_usage(
         self, http: httpx.AsyncClient, endpoints: Mapping[str, str], cred: Credential
     ) -> list[Window]:

@@ -11,8 +11,11 @@ from typing import Any
 from ..credential import Credential, jwt_claims
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds
 from .ratelimit import json_object, latest
+from .sessions import body_id, header_id
 from .shapes import BodyShape
 from .streams import LastSSEEvent, Reshaper
+from .usage import Outcome, Window
+from .windows import number, percent, reset_time
 
 _AUTH_CLAIM = "https://api.openai.com/auth"
 # The Codex release keyswap names for a client that names none (the openai SDK). The backend
@@ -22,6 +25,23 @@ _AUTH_CLAIM = "https://api.openai.com/auth"
 # 2026-09: gpt-5.6-* need 0.144.0, gpt-6-astra 0.153.0, gpt-6.1-sol is listed from 0.160.0.
 # A Codex client's own version goes as it is: it knows which models it can drive.
 CLIENT_VERSION = "0.160.0"
+# The two usage windows every answer reports, as the headers (`x-codex-<name>-*`) and the
+# `codex.rate_limits` event name them (docs/providers.md §2.5; codex `rate_limits.rs`).
+# Which is the 5-hour and which the weekly one is the window's length, not its name.
+WINDOWS = ("primary", "secondary")
+# The limit family those windows belong to. The backend also reports per-model families
+# (`x-codex-<family>-primary-*`, an event's `metered_limit_name`); keyswap reads only this
+# one: a per-model limit at 100 % does not make the whole account unusable.
+FAMILY = "codex"
+# The session headers Codex clients send (docs/providers.md §2.2: the official CLI's
+# `session_id`; numman also `conversation_id`; CPA `Session-Id`).
+SESSION_HEADERS = ("session_id", "conversation_id", "session-id")
+# What an answer means for the account (docs/providers.md §2.5). A 429 is the usage limit
+# (`usage_limit_reached`, `usage_not_included`); 503 `server_is_overloaded` is the backend's.
+OUTCOMES: dict[int, Outcome] = {
+    429: "rotate",
+    401: "refresh",  # `token_expired`: refresh once
+}
 
 
 class Codex(Provider):
@@ -90,6 +110,80 @@ class Codex(Provider):
                 said = float(err["resets_at"]) - time.time()
         return latest(super().rate_limit_hint(headers, body), said)
 
+    def classify(self, status: int, headers: Mapping[str, str]) -> Outcome:
+        """The table above, and a 404 on an account whose window is full: numman (alone)
+        reports the usage limit answered as a 404 carrying `usage_limit_reached`
+        (docs/providers.md §2.5). Its body is the client's, so keyswap reads the window the
+        same answer's headers report instead; any other 404 is the request's."""
+        if status == 404 and any(w.used >= 1 for w in self.usage_from_headers(headers)):
+            return "rotate"
+        return OUTCOMES.get(status) or super().classify(status, headers)
+
+    def usage_from_headers(self, headers: Mapping[str, str]) -> list[Window]:
+        """`x-codex-{primary,secondary}-used-percent` (0..100), `-window-minutes` and
+        `-reset-at` (unix seconds; a small value is taken as seconds from now), else
+        `-reset-after-seconds` (docs/providers.md §2.5; codex `rate_limits.rs`)."""
+        now = time.time()
+        found = []
+        for name in WINDOWS:
+            prefix = f"x-{FAMILY}-{name}-"
+            used = percent(headers.get(prefix + "used-percent"))
+            if used is None:
+                continue
+            reset = reset_time(headers.get(prefix + "reset-at"), now)
+            if reset is None:
+                after = number(headers.get(prefix + "reset-after-seconds"))
+                reset = None if after is None else now + after
+            window = _window(name, used, number(headers.get(prefix + "window-minutes")), reset)
+            if window is not None:
+                found.append(window)
+        return found
+
+    def usage_from_event(self, event: dict[str, Any]) -> list[Window]:
+        """The `codex.rate_limits` event at the start of a stream: `rate_limits.{primary,
+        secondary}` with `used_percent`, `window_minutes`, `reset_at` (unix seconds) and, in
+        captured events, `reset_after_seconds` (codex `rate_limits.rs`
+        `parse_rate_limit_event`). One gateway's tests put the windows at the top level: both
+        shapes are read. An event for another limit family (`metered_limit_name`) is not
+        this account's general limit and is skipped."""
+        if event.get("type") != "codex.rate_limits":
+            return []
+        family = event.get("metered_limit_name") or event.get("limit_name") or FAMILY
+        if not isinstance(family, str) or family.strip().lower().replace("-", "_") != FAMILY:
+            return []
+        details = event.get("rate_limits")
+        if not isinstance(details, dict):
+            details = event
+        now = time.time()
+        found = []
+        for name in WINDOWS:
+            said = details.get(name)
+            if not isinstance(said, dict):
+                continue
+            used = percent(said.get("used_percent"))
+            if used is None:
+                continue
+            reset = reset_time(said.get("reset_at"), now)
+            if reset is None:
+                reset = reset_time(said.get("resets_at"), now)
+            if reset is None:
+                after = number(said.get("reset_after_seconds"))
+                reset = None if after is None else now + after
+            window = _window(name, used, number(said.get("window_minutes")), reset)
+            if window is not None:
+                found.append(window)
+        return found
+
+    def conversation(self, call: ApiCall) -> str | None:
+        """The client's session header (the official CLI's `session_id` is its conversation
+        id; docs/providers.md §2.2), else the body's `prompt_cache_key`, which Codex clients
+        set to their session id (CPA `cacheHelper`, pi-mono)."""
+        session = header_id(call.headers, *SESSION_HEADERS)
+        if session is not None:
+            return f"session:{session}"
+        key = body_id(call.body, "prompt_cache_key")
+        return None if key is None else f"prompt_cache_key:{key}"
+
     def models_query(self) -> list[tuple[str, str]]:
         # The backend lists only the models a client of this version may use.
         return [("client_version", CLIENT_VERSION)]
@@ -130,6 +224,14 @@ _UNSUPPORTED = (
     "safety_identifier",
     "stream_options",
 )
+
+
+def _window(name: str, used: float, minutes: float | None, reset: float | None) -> Window | None:
+    """A window, unless it says nothing: 0 % used, no length and no reset (the official
+    client drops such a window too, `rate_limits.rs` `parse_rate_limit_window`)."""
+    if not used and not minutes and reset is None:
+        return None
+    return Window(name, used, reset, minutes or None)
 
 
 def _final_response(event: dict[str, Any]) -> dict[str, Any] | None:

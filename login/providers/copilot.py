@@ -21,9 +21,10 @@ from ..flows.http import body_of, send
 from ..redact import redact
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds, token_text
 from .ratelimit import latest
+from .sessions import body_id, claude_session, claude_session_of, header_id
 from .shapes import BodyShape
 from .streams import Reshaper
-from .usage import Window
+from .usage import Outcome, Window
 
 # keyswap's editor: VS Code's Copilot Chat, at the newest versions the facts name (pi-mono's
 # profile, docs/providers.md §1.2; ericc and litellm pin older ones). Copilot requires an editor and
@@ -41,6 +42,24 @@ INTEGRATION_ID = "vscode-chat"
 # §1.2; the status and text users reported on 2026-02-11: ericc-ch/copilot-api#189,
 # microsoft/vscode#294305). Retrying the same headers, or on another account, cannot help.
 OUTDATED = 466
+# What an answer means for the account. 402 `{"error":{"message":"You have no quota","code":
+# "quota_exceeded"}}` is the premium-request allowance spent, sent with no header at all
+# (pi#3643, github/copilot-cli#3431, anomalyco/opencode#48330); 429 is the session or weekly
+# limit (docs/providers.md §1.4); 401 "unauthorized: token expired" (§1.4). A 466 is the
+# client's version, which no other account changes; other 4xx are the request's.
+OUTCOMES: dict[int, Outcome] = {
+    429: "rotate",
+    402: "rotate",
+    401: "refresh",
+    OUTDATED: "pass",
+}
+# The session header of the @github/copilot CLI profile (docs/providers.md §1.2; jc01rho
+# `applyHeaders` sends it with `X-Interaction-Id` and `X-Agent-Task-Id`). `X-Interaction-Id`
+# is not read: sources disagree whether it names one user turn or each request, and a
+# per-request id would spread one conversation over every account. VS Code's
+# `vscode-sessionid` names a whole editor window (every conversation in it), coarser than
+# the addon's own digest of the first turn, so it is not read either.
+SESSION_HEADERS = ("x-client-session-id",)
 
 
 class Copilot(Provider):
@@ -190,6 +209,28 @@ class Copilot(Provider):
         """The wait a 429's message names ("Please try again in 51 hours."): for a weekly
         limit it is hours or days while Retry-After asks for minutes (docs/providers.md §1.4)."""
         return latest(super().rate_limit_hint(headers, body), _wait_named(_error_message(body)))
+
+    def classify(self, status: int, headers: Mapping[str, str]) -> Outcome:
+        return OUTCOMES.get(status) or super().classify(status, headers)
+
+    def conversation(self, call: ApiCall) -> str | None:
+        """The client's session: the Copilot CLI's `X-Client-Session-Id`; Claude Code's
+        session in `metadata.user_id` (on /v1/messages); OpenAI's `prompt_cache_key`, else
+        its `user` (Claude Code's session when it has that form, docs/providers.md §5.3)."""
+        session = header_id(call.headers, *SESSION_HEADERS)
+        if session is not None:
+            return f"client-session:{session}"
+        if call.path.endswith("/v1/messages"):  # an Anthropic body: only `metadata.user_id`
+            claude = claude_session(call.body)
+            return None if claude is None else f"claude-session:{claude}"
+        key = body_id(call.body, "prompt_cache_key")
+        if key is not None:
+            return f"prompt_cache_key:{key}"
+        user = body_id(call.body, "user")
+        if user is None:
+            return None
+        claude = claude_session_of(user)
+        return f"user:{user}" if claude is None else f"claude-session:{claude}"
 
 
 def own_editor(client: Mapping[str, str]) -> bool:
@@ -341,10 +382,12 @@ def _is_conversation(call: ApiCall) -> bool:
 def initiator(conversation: _Conversation) -> str:
     """`user` when the request answers a person's new message, `agent` when it continues
     the model's own work (a tool result, an assistant turn). Copilot bills premium requests
-    only for `user`, so this must be right both ways."""
-    if not conversation.turns:
+    only for `user`, so this must be right both ways. Decided by the last turn that is not
+    a system or developer message: clients append reminders after a user's message, and
+    those do not make it the model's turn (issue 15.6)."""
+    last = next((t for t in reversed(conversation.turns) if t.role not in _SETTING), None)
+    if last is None:
         return "user"
-    last = conversation.turns[-1]
     if last.role != "user" or last.type in _AGENT_ITEMS:
         return "agent"
     if isinstance(last.content, list) and any(p.type == "tool_result" for p in last.content):
@@ -353,6 +396,8 @@ def initiator(conversation: _Conversation) -> str:
 
 
 _AGENT_ITEMS = {"function_call_output", "function_call", "reasoning", "custom_tool_call_output"}
+# Roles that set the scene rather than take a turn (Chat Completions and Responses alike).
+_SETTING = {"system", "developer"}
 _IMAGES = {"image_url", "image", "input_image"}
 
 

@@ -20,11 +20,24 @@ from ..flows.http import body_of, error_text, send
 from ..redact import redact
 from .base import ApiCall, LocalReply, LoginContext, Provider, Route
 from .ratelimit import json_object, latest
+from .sessions import body_id
 from .shapes import BodyShape
 from .streams import MapSSE, Reshaper, SSEToJSONArray, WholeJSON
+from .usage import Outcome
 
 # A protobuf Duration as JSON: "37s", "0.5s".
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+# What an answer means for the account (docs/providers.md §3.5). A 429 RESOURCE_EXHAUSTED is
+# the quota or a rate limit; 401 UNAUTHENTICATED an expired token. A 403 may be
+# VALIDATION_REQUIRED (the account must be verified in a browser) or PERMISSION_DENIED about
+# the request or project: only the body tells them apart, so a 403 reaches the client.
+OUTCOMES: dict[int, Outcome] = {
+    429: "rotate",
+    401: "refresh",
+}
+# Where clients name their session: gemini-cli's `session_id` in the request (§3.3),
+# Antigravity's `sessionId` (§4.2).
+SESSION_FIELDS = ("session_id", "sessionId")
 
 
 class GoogleProvider(Provider):
@@ -187,6 +200,17 @@ class GoogleProvider(Provider):
                 if isinstance(value, str) and (m := _DURATION.match(value)):
                     found.append(float(m[1]))
         return latest(super().rate_limit_hint(headers, body), *found)
+
+    def classify(self, status: int, headers: Mapping[str, str]) -> Outcome:
+        return OUTCOMES.get(status) or super().classify(status, headers)
+
+    def conversation(self, call: ApiCall) -> str | None:
+        """The session id the client's body names (`session_id`, `sessionId`), if any."""
+        for name in SESSION_FIELDS:
+            session = body_id(call.body, name)
+            if session is not None:
+                return f"session:{session}"
+        return None
 
     def reshape(self, call: ApiCall, status: int) -> Reshaper | None:
         if status != 200:

@@ -15,6 +15,12 @@ the text deltas are "0", "1", ... (`stream_events` of them) and every OpenAI/Ant
 carries its position as an SSE `id:` line. Providers as labelled in `calls`: copilot, codex,
 anthropic, openai (api.openai.com with a real key), google (generativelanguage with a real
 key), gemini / antigravity (Code Assist, by whose token it carries).
+
+Usage: every Anthropic OAuth answer carries the unified limiter's headers and every Codex
+answer the `x-codex-*` headers, and a Codex stream opens with a `codex.rate_limits` event
+(docs/providers.md §2.5, §5.3), with the numbers `usage(provider, token=..., ...)` set for
+that account. Affinity: `served` logs each request's account (token) and the conversation
+id it named, and `accounts(conversation)` lists the accounts that served one.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ import json
 import math
 import secrets
 import ssl
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import cache, partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
@@ -84,6 +91,17 @@ TOKEN_OWNERS: dict[str, frozenset[str]] = {
 TOKEN_PROVIDERS = ("github", "copilot", "codex", "anthropic", *GOOGLE)
 
 HINTS = ("retry-after", "body", "resets_at", "none", "weekly")
+# What `FakeAPI.served` logs: requests for a model's answer, by provider label and endpoint.
+_API_PROVIDERS = frozenset({"copilot", "codex", "anthropic", "openai", "google", *GOOGLE})
+_INFERENCE = frozenset(
+    {
+        "chat_completions",
+        "responses",
+        "messages",
+        "generateContent",
+        "streamGenerateContent",
+    }
+)
 ANTHROPIC_OAUTH_BETA = "oauth-2025-04-20"
 CLAUDE_CODE_IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
 
@@ -234,7 +252,188 @@ class Leak:
     where: str
 
 
+@dataclass(frozen=True)
+class Served:
+    """One request to a provider's API: the account it carried (Bearer token or API key),
+    the conversation id it named (`conversation_of`), and the status it was answered with."""
+
+    provider: str
+    token: str | None
+    conversation: str | None
+    status: int
+
+
+@dataclass(frozen=True)
+class AnthropicUsage:
+    """What Anthropic's unified limiter reports of one account on every OAuth answer
+    (docs/providers.md §5.3): each window's used fraction (0..1, sent as is), its reset (unix
+    seconds; None: an hour resp. three days after each answer) and status (None: "rejected"
+    at 1.0 or more, else "allowed"); `overage` (None: not sent) is the extra-usage budget."""
+
+    five_hour: float = 0.12
+    seven_day: float = 0.03
+    five_hour_reset: float | None = None
+    seven_day_reset: float | None = None
+    five_hour_status: str | None = None
+    seven_day_status: str | None = None
+    overage: float | None = None
+
+
+@dataclass(frozen=True)
+class CodexUsage:
+    """What the Codex backend reports of one account on every answer and in each stream's
+    `codex.rate_limits` event (docs/providers.md §2.5; codex `rate_limits.rs`): each window's
+    used fraction (sent as a percent), length in minutes and reset (unix seconds; None: half
+    the window after each answer)."""
+
+    primary: float = 0.12
+    secondary: float = 0.03
+    primary_minutes: int = 300
+    secondary_minutes: int = 10080
+    primary_reset: float | None = None
+    secondary_reset: float | None = None
+
+
+Usage = AnthropicUsage | CodexUsage
+USAGE: dict[str, Usage] = {"anthropic": AnthropicUsage(), "codex": CodexUsage()}
+
+
 # -- wire formats --------------------------------------------------------------------------
+
+
+def _fraction(value: float) -> str:
+    return f"{value:g}"
+
+
+def anthropic_usage_headers(
+    usage: AnthropicUsage, now: float, timed: bool = True
+) -> tuple[tuple[str, str], ...]:
+    """The `anthropic-ratelimit-unified-*` headers for `usage` (no resets unless `timed`)."""
+    prefix = "anthropic-ratelimit-unified-"
+    windows = (
+        ("5h", usage.five_hour, usage.five_hour_reset, usage.five_hour_status, 3600.0),
+        ("7d", usage.seven_day, usage.seven_day_reset, usage.seven_day_status, 3 * 86400.0),
+    )
+    headers: list[tuple[str, str]] = []
+    statuses, resets = [], []
+    for name, used, reset, status, later in windows:
+        status = status or ("rejected" if used >= 1 else "allowed")
+        at = str(int(reset if reset is not None else now + later))
+        statuses.append(status)
+        resets.append(at)
+        headers.append((f"{prefix}{name}-utilization", _fraction(used)))
+        headers.append((f"{prefix}{name}-status", status))
+        if timed:
+            headers.append((f"{prefix}{name}-reset", at))
+    rejected = "rejected" in statuses
+    overall = "rejected" if rejected else "allowed"
+    if not rejected and "allowed_warning" in statuses:
+        overall = "allowed_warning"
+    headers.append((f"{prefix}status", overall))
+    claim = "five_hour" if usage.five_hour >= usage.seven_day else "seven_day"
+    headers.append((f"{prefix}representative-claim", claim))
+    if timed:
+        headers.append((f"{prefix}reset", resets[0] if claim == "five_hour" else resets[1]))
+    if usage.overage is not None:
+        headers.append((f"{prefix}overage-utilization", _fraction(usage.overage)))
+        headers.append((f"{prefix}overage-status", "allowed"))
+    return tuple(headers)
+
+
+def _codex_windows(usage: CodexUsage, now: float) -> list[tuple[str, float, int, float]]:
+    """(name, used fraction, minutes, reset at) of each window."""
+    return [
+        (name, used, minutes, reset if reset is not None else now + minutes * 30.0)
+        for name, used, minutes, reset in (
+            ("primary", usage.primary, usage.primary_minutes, usage.primary_reset),
+            ("secondary", usage.secondary, usage.secondary_minutes, usage.secondary_reset),
+        )
+    ]
+
+
+def codex_usage_headers(
+    usage: CodexUsage, now: float, timed: bool = True
+) -> tuple[tuple[str, str], ...]:
+    """The `x-codex-{primary,secondary}-*` headers for `usage` (no resets unless `timed`)."""
+    headers: list[tuple[str, str]] = []
+    for name, used, minutes, reset in _codex_windows(usage, now):
+        headers.append((f"x-codex-{name}-used-percent", _fraction(used * 100)))
+        headers.append((f"x-codex-{name}-window-minutes", str(minutes)))
+        if timed:
+            headers.append((f"x-codex-{name}-reset-at", str(int(reset))))
+            headers.append((f"x-codex-{name}-reset-after-seconds", str(max(0, int(reset - now)))))
+    return tuple(headers)
+
+
+def codex_rate_limits_event(usage: CodexUsage, now: float) -> Json:
+    """The `codex.rate_limits` event a Codex stream opens with (the shape of codex
+    `rate_limits.rs` `RateLimitEvent`, with the `reset_after_seconds` captured events carry)."""
+    windows = _codex_windows(usage, now)
+    limited = any(used >= 1 for _, used, _, _ in windows)
+    details: Json = {"allowed": not limited, "limit_reached": limited}
+    for name, used, minutes, reset in windows:
+        details[name] = {
+            "used_percent": number(round(used * 100, 6)),
+            "window_minutes": minutes,
+            "reset_after_seconds": max(0, int(reset - now)),
+            "reset_at": int(reset),
+        }
+    return {
+        "type": "codex.rate_limits",
+        "plan_type": "plus",
+        "rate_limits": details,
+        "code_review_rate_limits": None,
+    }
+
+
+def _session_of_user_id(user_id: object) -> str | None:
+    """The session id in Claude Code's `metadata.user_id`: the older
+    `user_<hex>_account_<uuid>_session_<uuid>` or the newer JSON text with `session_id`."""
+    if not isinstance(user_id, str):
+        return None
+    if user_id.startswith("{"):
+        try:
+            said = json.loads(user_id)
+        except ValueError:
+            return None
+        session = said.get("session_id") if isinstance(said, dict) else None
+        return session if isinstance(session, str) and session else None
+    head, sep, session = user_id.rpartition("_session_")
+    return session if sep and head.startswith("user_") and "_account_" in head else None
+
+
+def conversation_of(provider: str, req: Request) -> str | None:
+    """The conversation id a request names, as each provider's clients send it
+    (docs/providers.md §2.2, §3.3, §4.2, §5.3): Codex's session headers, else its
+    `prompt_cache_key`; Claude Code's `metadata.user_id`; Copilot's `X-Client-Session-Id`,
+    Claude Code's user id, OpenAI's `prompt_cache_key` or `user`; Code Assist's
+    `request.session_id` / `sessionId`. The bare id, as the client sent it."""
+    headers, body = req.headers, req.body or {}
+
+    def text(value: object) -> str | None:
+        return value if isinstance(value, str) and value else None
+
+    metadata = body.get("metadata")
+    claude = _session_of_user_id(metadata.get("user_id")) if isinstance(metadata, dict) else None
+    if provider == "codex":
+        for name in ("session_id", "conversation_id", "session-id"):
+            if headers.get(name):
+                return headers[name]
+        return text(body.get("prompt_cache_key"))
+    if provider == "anthropic":
+        return claude
+    if provider in ("copilot", "openai"):
+        user = body.get("user")
+        return (
+            text(headers.get("x-client-session-id"))
+            or claude
+            or text(body.get("prompt_cache_key"))
+            or _session_of_user_id(user)
+            or text(user)
+        )
+    inner = body.get("request")
+    inner = inner if isinstance(inner, dict) else body
+    return text(inner.get("session_id")) or text(inner.get("sessionId"))
 
 
 def copilot_duration(seconds: float) -> str:
@@ -345,7 +544,9 @@ class _Responses:
             "usage": usage if done else None,
         }
 
-    def events(self) -> list[bytes]:
+    def events(self, start: int = 0) -> list[bytes]:
+        """The stream's events, their SSE ids counting from `start` (after events that go
+        before them, such as Codex's `codex.rate_limits`)."""
         at = {"item_id": self.mid, "output_index": 0, "content_index": 0}
         text = full_text(self.n)
         steps: list[tuple[str, Json]] = [
@@ -363,7 +564,7 @@ class _Responses:
             ("response.completed", {"response": self.response(True)}),
         ]
         return [
-            sse({"type": name, "sequence_number": i, **data}, event=name, seq=i)
+            sse({"type": name, "sequence_number": i, **data}, event=name, seq=start + i)
             for i, (name, data) in enumerate(steps)
         ]
 
@@ -472,7 +673,7 @@ def _mask(key: str) -> str:
 class FakeAPI(FakeServer):
     """Fake provider APIs; see the module docstring. Knobs (set any time): `event_gap`,
     `stream_events`, `anthropic_require_identity`, `codex_gate`, `copilot_min_editor`,
-    `copilot_min_api_version`."""
+    `copilot_min_api_version`, `codex_rate_limit_event`, and `usage(...)` per account."""
 
     def __init__(self, oauth: FakeOAuth, ca: trustme.CA) -> None:
         super().__init__(ca, hostnames=HOSTNAMES)
@@ -495,10 +696,15 @@ class FakeAPI(FakeServer):
         # clients), so a test sets the one it needs.
         self.copilot_min_editor: str | None = None
         self.copilot_min_api_version: str | None = None
+        # Whether a Codex stream opens with its `codex.rate_limits` event (docs/providers.md §2.5).
+        self.codex_rate_limit_event = True
         self.disconnects: list[tuple[str, str]] = []  # (provider, path) of abandoned streams
         self.streams: list[StreamLog] = []
         self.leaks: list[Leak] = []
         self.attempts: list[Attempt] = []
+        self.served: list[Served] = []  # every request to a provider API, in arrival order
+        self._usage: dict[tuple[str, str | None], Usage] = {}
+        self._label = threading.local()  # the route label of the request on this thread
         self._limits: list[Fault] = []
         self._auth_faults: list[Fault] = []
         self.add_routes(self._route_table())
@@ -568,6 +774,51 @@ class FakeAPI(FakeServer):
             raise ValueError("only Copilot sends the weekly shape")
         with self._lock:
             self._limits.append(Fault(provider, token, times, hint, seconds))
+
+    def exhaust_quota(
+        self, provider: str = "copilot", token: str | None = None, times: int = 1
+    ) -> None:
+        """Answer the next `times` otherwise successful requests (of `token` if given) as an
+        account whose allowance is spent: Copilot's 402 `quota_exceeded`, with no header at
+        all (pi#3643, github/copilot-cli#3431, anomalyco/opencode#48330)."""
+        if provider != "copilot":
+            raise ValueError("only Copilot's quota answer is known")
+        with self._lock:
+            self._limits.append(Fault(provider, token, times, "quota"))
+
+    def usage(self, provider: str, token: str | None = None, **values: float | str | None) -> None:
+        """Set what `provider`'s answers report of the account `token`'s usage (None: of
+        every account without its own), from that account's current numbers. Anthropic
+        (`AnthropicUsage`): five_hour, seven_day (fractions 0..1), five_hour_reset,
+        seven_day_reset (unix seconds), five_hour_status, seven_day_status, overage. Codex
+        (`CodexUsage`): primary, secondary (fractions; sent as percents), primary_minutes,
+        secondary_minutes, primary_reset, secondary_reset (unix seconds). E.g.
+        `api.usage("anthropic", token=a, five_hour=0.96, seven_day=0.2)`."""
+        if provider not in USAGE:
+            raise ValueError(f"usage is reported by {sorted(USAGE)}, not {provider!r}")
+        known = {f.name for f in fields(USAGE[provider])}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"{provider} usage has no {sorted(unknown)}; it has {sorted(known)}")
+        with self._lock:
+            self._usage[(provider, token)] = replace(self.usage_of(provider, token), **values)  # type: ignore[arg-type]
+
+    def usage_of(self, provider: str, token: str | None) -> Usage:
+        """The usage `provider` reports for the account `token`."""
+        found = self._usage.get((provider, token)) or self._usage.get((provider, None))
+        return found or USAGE[provider]
+
+    def accounts(self, conversation: str, provider: str | None = None) -> list[str | None]:
+        """The accounts (tokens) that answered the requests naming `conversation` with a
+        success, in order: one conversation on one account is `len(set(...)) == 1`."""
+        with self._lock:
+            return [
+                s.token
+                for s in self.served
+                if s.conversation == conversation
+                and s.status < 400
+                and provider in (None, s.provider)
+            ]
 
     def fail_auth(self, provider: str, times: int = 1, token: str | None = None) -> None:
         """Answer the next `times` requests of `provider` with its 401, even if authorized."""
@@ -647,10 +898,25 @@ class FakeAPI(FakeServer):
     def dispatch(self, req: Request) -> Reply:
         at = time.monotonic()
         self._find_leaks(req)
+        self._label.value = None
         reply = super().dispatch(req)
+        label = self._label.value
         with self._lock:
             self.attempts.append(Attempt(at, req.headers.get("authorization"), reply.status))
+            if label is not None and label[0] in _API_PROVIDERS and label[1] in _INFERENCE:
+                token = (
+                    req.credential("bearer")
+                    or req.headers.get("x-api-key")
+                    or req.headers.get("x-goog-api-key")
+                    or req.params.get("key")
+                )
+                conversation = conversation_of(label[0], req)
+                self.served.append(Served(label[0], token, conversation, reply.status))
         return reply
+
+    def _record(self, req: Request, label: tuple[str, str]) -> None:
+        super()._record(req, label)
+        self._label.value = label
 
     def _find_leaks(self, req: Request) -> None:
         host = host_of(req)
@@ -687,7 +953,7 @@ class FakeAPI(FakeServer):
     def _throttle(self, provider: str, token: str | None) -> None:
         fault = self._take(self._limits, provider, token)
         if fault is not None:
-            raise HttpError(self._too_many(provider, fault))
+            raise HttpError(self._too_many(provider, fault, token))
 
     def _valid(self, provider: str, token: str | None) -> bool:
         return token is not None and token in self.oauth.valid_access_tokens(provider)
@@ -710,13 +976,17 @@ class FakeAPI(FakeServer):
             return json_reply({"error": error}, 401)
         return json_reply(GOOGLE_UNAUTHENTICATED, 401)
 
-    def _too_many(self, provider: str, fault: Fault) -> Reply:
+    def _too_many(self, provider: str, fault: Fault, token: str | None) -> Reply:
+        now = time.time()
         secs = number(fault.seconds)
-        reset_at = int(time.time() + fault.seconds)
+        reset_at = int(now + fault.seconds)
         timed = fault.hint != "none"
         retry_after: tuple[tuple[str, str], ...] = ()
         if fault.hint == "retry-after":
             retry_after = (("Retry-After", str(math.ceil(fault.seconds))),)
+        if fault.hint == "quota":  # Copilot's spent allowance (see `exhaust_quota`)
+            spent: Json = {"message": "You have no quota", "code": "quota_exceeded"}
+            return json_reply({"error": spent}, 402)
         if provider == "copilot":
             message = (
                 "Sorry, you've hit a rate limit that restricts the number of Copilot model "
@@ -739,19 +1009,22 @@ class FakeAPI(FakeServer):
                 error["resets_in_seconds"] = secs
             if fault.hint in ("retry-after", "resets_at"):
                 error["resets_at"] = reset_at
-            headers = (("x-codex-primary-used-percent", "100"), *retry_after)
+            # The limited window is full; the answer carries the usage headers as any does.
+            codex = self.usage_of("codex", token)
+            assert isinstance(codex, CodexUsage)
+            spent_codex = replace(codex, primary=max(codex.primary, 1.0), primary_reset=reset_at)
+            headers = (*codex_usage_headers(spent_codex, now, timed), *retry_after)
             return with_headers(json_reply({"error": error}, 429), headers)
         if provider == "anthropic":
-            headers = (
-                ("anthropic-ratelimit-unified-status", "rejected"),
-                ("anthropic-ratelimit-unified-5h-status", "rejected"),
-                ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+            usage = self.usage_of("anthropic", token)
+            assert isinstance(usage, AnthropicUsage)
+            spent_claude = replace(
+                usage,
+                five_hour=max(usage.five_hour, 1.0),
+                five_hour_status="rejected",
+                five_hour_reset=reset_at,
             )
-            if timed:
-                headers += (
-                    ("anthropic-ratelimit-unified-reset", str(reset_at)),
-                    ("anthropic-ratelimit-unified-5h-reset", str(reset_at)),
-                )
+            headers = anthropic_usage_headers(spent_claude, now, timed)
             body = {
                 "type": "error",
                 "error": {
@@ -765,13 +1038,13 @@ class FakeAPI(FakeServer):
             message = "Rate limit reached for requests."
             if timed:
                 message += f" Please try again in {secs}s."
-            error = {
+            limited: Json = {
                 "message": message,
                 "type": "requests",
                 "param": None,
                 "code": "rate_limit_exceeded",
             }
-            return with_headers(json_reply({"error": error}, 429), retry_after)
+            return with_headers(json_reply({"error": limited}, 429), retry_after)
         # Google RPC shape (gemini, antigravity, google): no Retry-After header, ever (§3.5).
         info: Json = {
             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
@@ -794,8 +1067,14 @@ class FakeAPI(FakeServer):
     # answers
 
     def _generate(
-        self, style: str, provider: str, req: Request, headers: tuple[tuple[str, str], ...] = ()
+        self,
+        style: str,
+        provider: str,
+        req: Request,
+        headers: tuple[tuple[str, str], ...] = (),
+        lead: list[Json] | None = None,
     ) -> Reply:
+        """An answer in `style`; a stream opens with the `lead` events (Responses only)."""
         body = req.body or {}
         model = body.get("model")
         model = model if isinstance(model, str) else DEFAULT_MODEL[style]
@@ -804,7 +1083,8 @@ class FakeAPI(FakeServer):
             if style == "chat":
                 events = chat_events(model, n)
             elif style == "responses":
-                events = _Responses(model, n).events()
+                first = [sse(e, event=e["type"], seq=i) for i, e in enumerate(lead or [])]
+                events = first + _Responses(model, n).events(start=len(first))
             else:
                 events = anthropic_events(model, n)
             return self._sse(provider, req, events, headers)
@@ -899,13 +1179,10 @@ class FakeAPI(FakeServer):
             raise fail(403, {"error": error})
         return token
 
-    def _codex_headers(self) -> tuple[tuple[str, str], ...]:
-        return (
-            ("x-codex-primary-used-percent", "12"),
-            ("x-codex-primary-window-minutes", "300"),
-            ("x-codex-secondary-used-percent", "3"),
-            ("x-codex-secondary-window-minutes", "10080"),
-        )
+    def _codex_usage(self, token: str | None) -> CodexUsage:
+        usage = self.usage_of("codex", token)
+        assert isinstance(usage, CodexUsage)
+        return usage
 
     def _codex_responses(self, req: Request) -> Reply:
         token = self._codex_auth(req)
@@ -920,7 +1197,9 @@ class FakeAPI(FakeServer):
         if isinstance(model, str) and not self._codex_reaches(req, model):
             raise fail(400, codex_too_old(model))
         self._throttle("codex", token)
-        return self._generate("responses", "codex", req, self._codex_headers())
+        usage, now = self._codex_usage(token), time.time()
+        lead = [codex_rate_limits_event(usage, now)] if self.codex_rate_limit_event else []
+        return self._generate("responses", "codex", req, codex_usage_headers(usage, now), lead)
 
     def _codex_reaches(self, req: Request, model: str) -> bool:
         """Whether this request's client may use `model` (see `codex_gate`)."""
@@ -942,7 +1221,8 @@ class FakeAPI(FakeServer):
             for m in CODEX_MODELS["models"]
             if said >= (_version(m["minimal_client_version"]) or ())
         ]
-        return with_headers(json_reply({"models": listed}), self._codex_headers())
+        usage = codex_usage_headers(self._codex_usage(req.credential("bearer")), time.time())
+        return with_headers(json_reply({"models": listed}), usage)
 
     # Anthropic (§5) and the real-API-key path
 
@@ -969,10 +1249,13 @@ class FakeAPI(FakeServer):
                 raise fail(400, {"type": "error", "error": error})
             token = bearer
         self._throttle("anthropic", token)
-        headers = (
-            ("request-id", _ident("req_")),
-            ("anthropic-ratelimit-unified-status", "allowed"),
-        )
+        headers: tuple[tuple[str, str], ...] = (("request-id", _ident("req_")),)
+        if api_key is None:  # the unified limiter reports subscription use (§5.3)
+            usage = self.usage_of("anthropic", token)
+            assert isinstance(usage, AnthropicUsage)
+            headers += anthropic_usage_headers(usage, time.time())
+        else:
+            headers += (("anthropic-ratelimit-unified-status", "allowed"),)
         return self._generate("messages", "anthropic", req, headers)
 
     def _anthropic_profile(self, req: Request) -> Reply:
