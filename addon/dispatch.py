@@ -11,9 +11,10 @@ waits for one the proxy starts. Every token goes where `delivery.destination` al
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
@@ -105,6 +106,8 @@ class Answer:
     upstream: Response | None = None
     body: bytes = b""
     reshaper: Reshaper | None = None
+    # Shown each chunk of a streamed answer as it passes (usage events inside a stream).
+    watch: Callable[[bytes], None] | None = None
 
 
 class Sender(Protocol):
@@ -176,6 +179,8 @@ class Dispatch:
                 # Decoded: the client's Accept-Encoding went upstream, so it may be gzip.
                 body, _ = decoded(await resp.read(_MAX_ERROR_BODY), resp.headers)
                 hint = job.provider.rate_limit_hint(resp.lookup, body)
+                if hint is None and (until := self.quota.spent_until(provider, bucket)):
+                    hint = until - time.time()  # a spent window with a known reset
                 wait = hint if hint is not None else self.cooldown
                 self.rotation.cool(provider, bucket, wait)
                 self.quota.limited(provider, bucket, f"HTTP {resp.status}")
@@ -200,10 +205,29 @@ class Dispatch:
             self.rotation.served[provider, bucket] += 1
             reshaper = job.provider.reshape(call, resp.status)
             headers = _response_headers(resp, reshaper)
-            return Answer(resp.status, headers, upstream=resp, reshaper=reshaper)
+            watch = None
+            if job.provider.usage_event and resp.status < 400:
+                watch = partial(self._watch, job.provider, bucket)
+            return Answer(resp.status, headers, upstream=resp, reshaper=reshaper, watch=watch)
         if job.login_wait is not None and self._only_logins_missing(job, problems):
             return await self._after_login(job, job.login_wait)
         return self._nothing_left(job, problems)
+
+    def _watch(self, provider: Provider, bucket: str, chunk: bytes) -> None:
+        """Usage events in a passing stream (`Provider.usage_event` marks them): a substring
+        test per chunk, and a parse only of the line that carries one. An event split across
+        two chunks is missed; the answer's headers said the same when it began."""
+        marker = provider.usage_event
+        if marker is None or marker not in chunk:
+            return
+        for line in chunk.split(b"\n"):
+            if line.startswith(b"data:") and marker in line:
+                try:
+                    event = json.loads(line[5:])
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    self.quota.observe(provider.name, bucket, provider.usage_from_event(event))
 
     def _only_logins_missing(self, job: Job, problems: _Problems) -> bool:
         resting = self.rotation.soonest(job.provider.name, job.buckets) is not None

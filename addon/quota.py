@@ -84,6 +84,18 @@ class Quota:
         found = self.accounts.get((provider, bucket))
         return found.used(time.time() if now is None else now) if found else 0.0
 
+    def spent_until(self, provider: str, bucket: str) -> float | None:
+        """When the last full window resets (for a limit that names no wait of its own,
+        such as a spent monthly allowance); None if no window is known to be full."""
+        found = self.accounts.get((provider, bucket))
+        now = time.time()
+        resets = [
+            w.resets_at
+            for w in (found.windows.values() if found else ())
+            if w.used >= 1.0 and w.resets_at is not None and w.resets_at > now
+        ]
+        return max(resets) if resets else None
+
     def forget(self, provider: str, bucket: str) -> None:
         if self.accounts.pop((provider, bucket), None) is not None:
             self.dirty = True

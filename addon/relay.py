@@ -17,7 +17,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 
 from login import http1
@@ -258,10 +258,14 @@ class _RelayConnection(asyncio.Protocol):
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             body = _chain(chunks, body)
         elif reshaper is not None:
-            body = _reshaped(reshaper, upstream.aiter_decoded())
+            body = _reshaped(reshaper, upstream.aiter_decoded(), answer.watch)
+            answer.watch = None
         # A stream: its head goes at once, whenever the first event comes.
         self._send(_head(status, reason, [*headers, _CHUNKED]))
+        watch = answer.watch
         async for chunk in body:
+            if watch is not None:
+                watch(chunk)
             if out := redactor.feed(chunk):
                 await self._pass(_chunk(out))
         out = redactor.end()
@@ -362,8 +366,12 @@ async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterato
         yield chunk
 
 
-async def _reshaped(reshaper: Reshaper, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _reshaped(
+    reshaper: Reshaper, body: AsyncIterator[bytes], watch: Callable[[bytes], None] | None
+) -> AsyncIterator[bytes]:
     async for chunk in body:
+        if watch is not None:
+            watch(chunk)
         if out := reshaper.feed(chunk):
             yield out
     if out := reshaper.end():

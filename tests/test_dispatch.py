@@ -18,11 +18,13 @@ from pydantic import SecretStr
 from addon.affinity import Affinity
 from addon.dispatch import Answer, Dispatch, Job
 from addon.outbound import Response, Target, Withdrawn
+from addon.quota import Quota
 from addon.rotation import PROBE_EVERY, Rotation
 from login.credential import Credential
 from login.errors import KeyswapError, NeedsLogin
 from login.providers import PROVIDERS
 from login.providers.base import Provider
+from login.providers.usage import Window
 from login.tokens import Access
 from tests.test_relay import job
 
@@ -444,3 +446,33 @@ def test_a_revoked_login_is_marked_and_the_next_bucket_serves() -> None:
     assert isinstance(tokens.fail["a"], NeedsLogin)
     again, upstream, _ = run(job("a", "b"), {"b": [OK]}, tokens)
     assert again.status == 200 and upstream.buckets() == ["b"]
+
+
+def test_usage_events_in_a_passing_stream_update_the_quota() -> None:
+    codex = PROVIDERS["codex"]
+    quota = Quota()
+    dispatch = Dispatch(Tokens(codex), Rotation(), None, None, quota=quota)  # type: ignore[arg-type]
+    event = {
+        "type": "codex.rate_limits",
+        "rate_limits": {
+            "primary": {"used_percent": 42.0, "window_minutes": 300, "reset_at": 4102444800}
+        },
+    }
+    line = b"event: codex.rate_limits\ndata: " + json.dumps(event).encode() + b"\n\n"
+    dispatch._watch(codex, "a", b'data: {"type":"response.created"}\n\n')
+    assert quota.used("codex", "a") == 0.0
+    dispatch._watch(codex, "a", line)
+    assert quota.used("codex", "a") == 0.42
+    dispatch._watch(codex, "a", line.replace(b"42.0", b"oops")[:40])  # cut: ignored
+    assert quota.used("codex", "a") == 0.42
+
+
+def test_a_limit_without_a_wait_rests_until_the_spent_window_resets() -> None:
+    quota = Quota()
+    resets = time.time() + 5 * 86400
+    quota.observe("anthropic", "a", [Window("premium", 1.0, resets), Window("chat", 0.2, 1.0)])
+    rotation = Rotation()
+    upstream = Upstream({"a": [(429, [], b"{}")], "b": [OK]})
+    dispatch = Dispatch(Tokens(), rotation, None, upstream, quota=quota)  # type: ignore[arg-type]
+    assert asyncio.run(dispatch.run(job("a", "b"))).status == 200
+    assert rotation.cooling_until("anthropic", "a") == pytest.approx(resets, abs=2)

@@ -128,3 +128,24 @@ def test_a_stream_of_a_limited_conversation_is_retried_elsewhere_and_still_strea
     assert len(pieces) > 1 and "".join(pieces) == s.api.text
     used = accounts(s, tokens)
     assert used[1] == home and used[2] == used[3] != home, used
+
+
+def test_an_account_past_95_percent_gets_no_new_conversations(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s.configure(TWO)
+    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
+    s.api.usage("anthropic", token=tokens["a"], five_hour=0.96, seven_day=0.4)
+    s.api.usage("anthropic", token=tokens["b"], five_hour=0.10, seven_day=0.5)
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        client = anthropic.Anthropic(api_key="oauth:anthropic")
+        converse(client, "first", 1)  # nothing known yet: the first account by name
+        for topic in ("second", "third"):
+            converse(client, topic, 1)
+        converse(client, "first", 3)  # an ongoing conversation stays where it is
+    assert accounts(s, tokens) == ["a", "b", "b", "a", "a", "a"]
+    state = json.loads((s.user.data_dir / "state.json").read_text())
+    windows = {w["name"]: w for w in state["buckets"]["anthropic:a"]["windows"]}
+    assert windows["5h"]["used"] == 0.96 and windows["7d"]["used"] == 0.4
+    assert windows["5h"]["resets_at"] > 0

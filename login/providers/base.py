@@ -181,6 +181,8 @@ class Provider(BaseModel):
     order: int = 100
     # Seconds between polls of `poll_usage` (None: the provider has no usage endpoint).
     usage_poll: float | None = None
+    # Bytes that mark a usage event inside a streamed answer (`usage_from_event`).
+    usage_event: bytes | None = None
     # The account's models for the status page: a GET of this path under the API base
     # (with `models_query()`); None when the provider has no listing keyswap reads.
     models_path: str | None = None

@@ -245,6 +245,7 @@ def _final_response(event: dict[str, Any]) -> dict[str, Any] | None:
 PROVIDER = Codex(
     name="codex",
     order=20,
+    usage_event=b'"codex.rate_limits"',
     models_path="/models",
     title="ChatGPT (Codex)",
     flow="auth_code",
