@@ -24,8 +24,8 @@ grants anything. Every API call needs one of:
   (signed with that secret, see login/page.py). Reads need the cookie; state changes also
   the CSRF token the page carries (`X-Keyswap-CSRF`), bound to that session.
 - a client secret of `[clients.*]` (`X-Keyswap-Client`): only the providers and buckets its
-  `allow` admits, without accounts or running logins; it may reset its buckets' cooldowns
-  but not log in, paste, cancel or log out.
+  `allow` admits, without accounts, running logins or last errors; it may reset its
+  buckets' cooldowns but not log in, paste, cancel or log out.
 
 Anything else gets a 401 saying so. A request whose `Origin` is another site is refused
 outright, and no CORS headers are ever sent.
