@@ -4,6 +4,7 @@ state file the proxy keeps, whether or not the proxy runs (issue 15.5)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -226,3 +227,30 @@ def test_the_cli_reads_the_file_the_proxy_writes(tmp_path: Any) -> None:
 )
 def test_span(seconds: float, text: str) -> None:
     assert usage.span(seconds) == text
+
+
+def test_status_reads_what_a_running_proxy_saved_and_keeps_it_after(
+    user: User, tmp_path: Any
+) -> None:
+    from tests.e2e import stack
+    from tests.test_manage import copilot_chat, wait_until
+
+    with stack(user, tmp_path) as s:
+        token = s.login_copilot()
+        s.api.rate_limit("copilot", token=token, seconds=600)
+        with s.proxy() as proxy:
+            assert copilot_chat(proxy, "oauth:copilot").status_code == 429
+            # Saved within a second of the rest beginning: no need to stop the proxy.
+            running = wait_until(
+                lambda: (r := user.run("status")) and "cooldown" in r.out and r,
+                what="the proxy to save the rest",
+            )
+        stopped = user.run("status")
+    for res in (running, stopped):
+        [row] = [line for line in res.out.splitlines() if line.startswith("copilot")]
+        assert re.fullmatch(
+            r"copilot  default  octocat  valid  expires in \d+ min"
+            r"  0 requests  1 × 429  cooldown 9m",
+            row,
+        ), row
+        assert res.err == ""
