@@ -8,6 +8,7 @@ ever appears in an answer.
     GET  /api/auth/providers                    every provider, its buckets and running logins
     GET  /api/auth/status/:provider             one provider
     GET  /api/auth/models/:provider?bucket=     the account's models
+    GET  /api/usage                             every bucket's quota windows, cooldown, traffic
     POST /api/auth/login/:provider?bucket=      start a login; answers with the code or URL
     POST /api/auth/paste/:provider?bucket=      feed a pasted code / redirect URL to a login
     POST /api/auth/cancel/:provider?bucket=     stop a running login
@@ -23,8 +24,8 @@ grants anything. Every API call needs one of:
   (signed with that secret, see login/page.py). Reads need the cookie; state changes also
   the CSRF token the page carries (`X-Keyswap-CSRF`), bound to that session.
 - a client secret of `[clients.*]` (`X-Keyswap-Client`): only the providers and buckets its
-  `allow` admits, without accounts or running logins; it may reset its buckets' cooldowns
-  but not log in, paste, cancel or log out.
+  `allow` admits, without accounts, running logins or last errors; it may reset its
+  buckets' cooldowns but not log in, paste, cancel or log out.
 
 Anything else gets a 401 saying so. A request whose `Origin` is another site is refused
 outright, and no CORS headers are ever sent.
@@ -44,7 +45,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -54,6 +55,7 @@ from mitmproxy import http
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers
 
+from login import usage
 from login.config import BUCKET_PATTERN, ClientSettings, is_loopback_host
 from login.errors import KeyswapError
 from login.page import LINK_PATH, LINK_TTL, SECRET_MIN, Link, LinkError, verify
@@ -310,6 +312,7 @@ class Manage:
             ("GET", re.compile(r"/api/auth/providers"), self._providers, False),
             ("GET", re.compile(r"/api/auth/status/(?P<provider>[^/]+)"), self._status, False),
             ("GET", re.compile(r"/api/auth/models/(?P<provider>[^/]+)"), self._models, False),
+            ("GET", re.compile(r"/api/usage"), self._usage, False),
             ("POST", re.compile(r"/api/auth/login/(?P<provider>[^/]+)"), self._login, True),
             ("POST", re.compile(r"/api/auth/paste/(?P<provider>[^/]+)"), self._paste, True),
             ("POST", re.compile(r"/api/auth/cancel/(?P<provider>[^/]+)"), self._cancel, True),
@@ -609,6 +612,51 @@ class Manage:
             "limited": limited,
             "history": self.history.series((provider, bucket), served, limited),
         }
+
+    async def _usage(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
+        """Per provider and bucket what `python -m login status` shows (login/usage.py's
+        fields), live, plus how many conversations each bucket holds: counts, never content."""
+        now = time.time()
+        providers = []
+        for p in PROVIDERS.values():
+            if not caller.admits(p.name):
+                continue
+            buckets = [
+                {
+                    "bucket": bucket,
+                    **self._usage_json(p.name, bucket, now, caller),
+                    "conversations": self.injector.affinity.holds(p.name, bucket),
+                }
+                for bucket in self._usage_buckets(p.name)
+                if caller.admits(p.name, bucket)
+            ]
+            providers.append({"name": p.name, "title": p.title, "buckets": buckets})
+        return _json({"now": now, "providers": providers})
+
+    def _usage_buckets(self, provider: str) -> list[str]:
+        """The buckets the proxy serves, then any others it keeps usage for, in the
+        config's order."""
+        injector, rotation = self.injector, self.injector.rotation
+        keys = set(injector.quota.accounts) | set(rotation.served) | set(rotation.limited)
+        keys |= set(rotation.cooling())
+        found = set(injector.buckets.get(provider, [])) | {b for p, b in keys if p == provider}
+        configured = injector.settings.config.provider(provider).buckets or []
+        return [b for b in configured if b in found] + sorted(found - set(configured))
+
+    def _usage_json(self, provider: str, bucket: str, now: float, caller: Caller) -> dict[str, Any]:
+        account = self.injector.quota.accounts.get((provider, bucket))
+        rotation = self.injector.rotation
+        record = {
+            "windows": [asdict(w) for w in account.windows.values()] if account else [],
+            "updated": account.updated if account else None,
+            "last_429": account.last_429 if account else None,
+            # The proxy's words about an answer are the user's, as a bucket's detail is.
+            "last_error": account.last_error if account and caller.client is None else None,
+            "cooling_until": rotation.cooling_until(provider, bucket),
+            "served": rotation.served[provider, bucket],
+            "limited": rotation.limited[provider, bucket],
+        }
+        return usage.view(record, now)
 
     async def _models(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
         p = _provider(args["provider"])

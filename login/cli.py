@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
+from . import usage
 from .config import BUCKET_PATTERN, BucketRules, load_config
 from .credential import Credential, expiry_text
 from .doctor import DEFAULT_HOST
@@ -241,23 +242,35 @@ def _status(args: argparse.Namespace) -> int:
     service = _service(args)
     entries = service.entries(args.provider)
     code = 1 if any(e.state in BAD_STATES for e in entries) else 0
+    now = time.time()
+    saved, records = _saved_usage()
+    usages = [usage.view(records.get(f"{e.provider}:{e.bucket}"), now) for e in entries]
     if args.json:
         kind = service.store.kind
-        print(json.dumps([_entry_json(e, kind) for e in entries], indent=2))
+        listed = [{**_entry_json(e, kind), **u} for e, u in zip(entries, usages, strict=True)]
+        print(json.dumps(listed, indent=2))
         return code
     if not entries:
         which = args.provider or "any provider"
         print(f"Not logged in to {which}. Run `python -m login <provider>` (see --help).")
         return 0
+    slots = max(len(u["windows"]) for u in usages)
     rows = [
-        (e.provider, e.bucket, e.account or "-", e.state, expiry_text(e.expires_at))
-        for e in entries
+        [
+            e.provider,
+            e.bucket,
+            e.account or "-",
+            e.state,
+            expiry_text(e.expires_at),
+            *usage.columns(u, slots, now),
+        ]
+        for e, u in zip(entries, usages, strict=True)
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    # Usage columns no login has (no state file, no window, no cooldown) take no room.
+    shown = [i for i in range(len(rows[0])) if any(row[i] for row in rows)]
+    widths = {i: max(len(row[i]) for row in rows) for i in shown}
     for row in rows:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
-        )
+        print("  ".join(row[i].ljust(widths[i]) for i in shown).rstrip())
     for e in entries:
         if e.detail:
             print(f"  {e.provider}:{e.bucket}: {e.detail}")
@@ -265,7 +278,20 @@ def _status(args: argparse.Namespace) -> int:
             rules = BucketRules(models=e.models, exclude_models=e.exclude_models).describe()
             print(f"  {e.provider}:{e.bucket} serves {rules}")
     print(f"(store: {service.store.kind})")
+    if saved is not None and any(u["requests"] is not None for u in usages):
+        print(f"(usage: saved by the proxy {usage.span(now - saved)} ago)")
     return code
+
+
+def _saved_usage() -> tuple[float | None, dict[str, Any]]:
+    """The proxy's saved quota state, whether or not it runs; a damaged file is said once
+    and shown as no usage."""
+    path = usage.state_path()
+    try:
+        return usage.read_state(path)
+    except usage.UnreadableState as exc:
+        print(f"! the usage state {path} is unreadable ({exc}); showing no usage", file=sys.stderr)
+        return None, {}
 
 
 def _entry_json(e: Entry, store: str) -> dict[str, Any]:

@@ -573,3 +573,107 @@ def test_a_login_that_names_a_foreign_api_host_gets_no_token_anywhere(s: Stack) 
         models = c.get(f"{BASE}/api/auth/models/copilot")
     assert chat.status_code == 502 and refusal in chat.json()["error"]["message"], chat.text
     assert models.status_code == 502 and refusal in models.json()["error"], models.text
+
+
+# -- usage ------------------------------------------------------------------------------------
+
+
+def save_state(user: User, buckets: dict[str, Any]) -> None:
+    """What an earlier run of the proxy saved; the proxy restores it when it starts."""
+    path = user.data_dir / "state.json"
+    path.write_text(json.dumps({"version": 1, "saved": time.time(), "buckets": buckets}))
+    path.chmod(0o600)
+
+
+def usage_of(resp: httpx.Response) -> dict[tuple[str, str], dict[str, Any]]:
+    assert resp.status_code == 200, resp.text
+    return {(p["name"], b["bucket"]): b for p in resp.json()["providers"] for b in p["buckets"]}
+
+
+def test_usage_shows_windows_cooldowns_traffic_and_conversations(s: Stack) -> None:
+    agent, owner = "agent-secret-0123456789", "owner-secret-0123456789"
+    s.configure(
+        f'[clients.agent]\nsecret = "{agent}"\nallow = ["copilot:work"]\n\n'
+        f'[clients.owner]\nsecret = "{owner}"\n'
+    )
+    tokens = [s.login_copilot("work"), s.login_copilot("home")]
+    now = time.time()
+    premium = {"name": "premium", "resets_at": now + 7200, "minutes": None, "status": None}
+    save_state(
+        s.user,
+        {
+            "copilot:work": {
+                "windows": [{**premium, "used": 0.3}],
+                "updated": now - 60,
+                "last_error": "HTTP 503",
+            },
+            "copilot:home": {
+                "windows": [{**premium, "used": 0.96}],
+                "updated": now - 60,
+                "last_429": now - 30,
+                "last_error": "HTTP 429",
+                "cooling_until": now + 600,
+                "served": 7,
+                "limited": 2,
+            },
+        },
+    )
+    topics = ("the tides of the Severn", "moths at the window")
+    with s.proxy() as proxy, client(proxy) as c:
+
+        def restored() -> bool:
+            home = usage_of(c.get(f"{BASE}/api/usage", headers=auth(s.user))).get(
+                ("copilot", "home")
+            )
+            return home is not None and home["limited"] == 2
+
+        wait_until(restored, what="the proxy to restore the saved state")
+        for topic in topics:  # two new conversations: both go where the headroom is
+            with client(proxy) as api:
+                chat = api.post(
+                    "https://api.githubcopilot.com/chat/completions",
+                    headers={"Authorization": f"Bearer oauth:copilot#{owner}"},
+                    json={"model": "gpt-4.1", "messages": [{"role": "user", "content": topic}]},
+                )
+            assert chat.status_code == 200, chat.text
+        full = c.get(f"{BASE}/api/usage", headers=auth(s.user))
+        scoped = c.get(f"{BASE}/api/usage", headers={"X-Keyswap-Client": agent})
+        jar, _ = page_session(c, s.user)
+        page = c.get(f"{BASE}/api/usage", headers=jar)
+        url, evil = f"{BASE}/api/usage", {"Origin": "https://evil.example", **auth(s.user)}
+        refused = {
+            "no credentials": (c.get(url), 401),
+            "wrong secret": (c.get(url, headers={"X-Keyswap-Secret": "x" * 43}), 401),
+            "unknown client": (c.get(url, headers={"X-Keyswap-Client": "y" * 24}), 401),
+            "cross-site": (c.get(url, headers=evil), 403),
+            "a change": (c.post(url, headers=auth(s.user)), 405),
+        }
+    shown = usage_of(full)
+    assert {p["name"] for p in full.json()["providers"]} == set(PROVIDERS)
+    assert [k for k in shown if k[0] == "copilot"] == [("copilot", "home"), ("copilot", "work")]
+    work, home = shown["copilot", "work"], shown["copilot", "home"]
+    assert set(work) == {
+        *("bucket", "windows", "cooling_until", "requests", "limited", "last_429", "last_error"),
+        *("usage_updated", "conversations"),
+    }
+    [window] = work["windows"]
+    assert (window["name"], window["used"], window["resets_at"]) == ("premium", 0.3, now + 7200)
+    assert 7100 < window["resets_in"] <= 7200 and window["minutes"] is None
+    assert (work["requests"], work["limited"], work["conversations"]) == (2, 0, 2)
+    assert work["cooling_until"] is None and work["usage_updated"] == now - 60
+    assert work["last_error"] == "HTTP 503" and work["last_429"] is None
+    assert 500 < home["cooling_until"] - time.time() <= 600
+    assert (home["requests"], home["limited"], home["conversations"]) == (7, 2, 0)
+    assert (home["last_error"], home["last_429"]) == ("HTTP 429", now - 30)
+    assert home["windows"][0]["used"] == 0.96
+    assert set(usage_of(page)) == set(shown), "the page's session reads it all"
+    # A client sees its own buckets only, and not the proxy's words about them.
+    assert [p["name"] for p in scoped.json()["providers"]] == ["copilot"]
+    assert list(usage_of(scoped)) == [("copilot", "work")]
+    assert usage_of(scoped)["copilot", "work"]["conversations"] == 2
+    assert usage_of(scoped)["copilot", "work"]["last_error"] is None
+    for what, (resp, status) in refused.items():
+        assert resp.status_code == status, (what, resp.text)
+    # Counts, never content; never a token.
+    for resp in (full, scoped, page):
+        assert not any(t in resp.text for t in (*topics, *tokens, agent, owner))

@@ -5,10 +5,12 @@ Skips when Playwright or Chromium is missing, unless KEYSWAP_REQUIRE_BROWSER=1 (
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,3 +182,77 @@ def test_device_login_reset_and_logout_in_the_browser(s: Stack, tmp_path: Path) 
     assert pasted not in proxy.output
     assert one_time.split("t=", 1)[1] not in proxy.output
     shutil.copy(tmp_path / "paste-login.png", ARTIFACTS / "paste-login.png")
+
+
+def test_quota_windows_and_conversations_per_bucket(s: Stack, tmp_path: Path) -> None:
+    """Each window as a bar with its reset time, and the conversations the bucket holds,
+    from the state an earlier run saved (the proxy restores it at start) and live traffic."""
+    from playwright.sync_api import expect, sync_playwright
+
+    s.login_anthropic("work")
+    now = time.time()
+    windows = [
+        {"name": "5h", "used": 0.42, "resets_at": now + 3 * 3600 + 12 * 60 + 30},
+        {"name": "7d", "used": 0.97, "resets_at": now + 5 * 86400 + 600, "status": "allowed"},
+    ]
+    state = s.user.data_dir / "state.json"
+    buckets = {"anthropic:work": {"windows": windows, "updated": now, "served": 4}}
+    state.write_text(json.dumps({"version": 1, "saved": now, "buckets": buckets}))
+    state.chmod(0o600)
+    problems: list[str] = []
+    with s.proxy() as proxy, sync_playwright() as pw:
+        verify = ssl.create_default_context(cafile=proxy.ca)
+        with httpx.Client(proxy=proxy.url, verify=verify, timeout=30) as c:
+            for topic in ("tides", "moths"):  # two conversations, both on the only account
+                resp = c.post(
+                    "https://api.anthropic.com/v1/messages",
+                    headers={"x-api-key": "oauth:anthropic"},
+                    json={
+                        "model": "claude-test",
+                        "max_tokens": 8,
+                        "messages": [{"role": "user", "content": f"about {topic}"}],
+                    },
+                )
+                assert resp.status_code == 200, resp.text
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=ARGS,
+            proxy={"server": proxy.url},
+            viewport={"width": 1240, "height": 900},
+            locale="en-US",
+            timezone_id="UTC",
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.goto(page_link(s.user))
+            row = page.locator('section#p-anthropic tr[data-bucket="work"]')
+            five = row.locator('.window[data-window="5h"]')
+            expect(five.get_by_role("meter")).to_have_attribute("aria-valuenow", "42")
+            expect(five.locator(".window-used")).to_have_text("42%")
+            expect(five.locator(".reset")).to_have_text("resets in 3 h 12 min")
+            expect(five.locator(".fill")).to_have_attribute("style", "width: 42%;")
+            seven = row.locator('.window[data-window="7d"]')
+            expect(seven).to_have_class(re.compile(r"\bfull\b"))
+            expect(seven.locator(".window-used")).to_have_text("97%")
+            expect(seven.locator(".reset")).to_have_text("resets in 5 days")
+            meter = row.get_by_role("meter", name="Claude (Pro/Max) work, 5h window: 42% used")
+            expect(meter).to_be_visible()
+            expect(row.locator(".holds")).to_have_text("holds 2 conversations")
+            expect(row.locator(".counts")).to_contain_text("6 requests")
+            # Typing survives the polls that update the bars.
+            field = page.locator("section#p-copilot").get_by_label("Bucket (account name)")
+            field.fill("typing")
+            before = page.locator("#updated").inner_text()
+            expect(page.locator("#updated")).not_to_have_text(before, timeout=10_000)
+            expect(field).to_be_focused()
+            expect(field).to_have_value("typing")
+            page.screenshot(path=str(tmp_path / "quota.png"), full_page=True)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copy(tmp_path / "quota.png", ARTIFACTS / "quota.png")
+        finally:
+            browser.close()
+    assert problems == [], problems

@@ -1,5 +1,5 @@
-// keyswap status page: polls /api/auth/providers and drives logins, logouts and resets.
-// Plain DOM, no build step. Elements are kept between polls so focus and typing survive.
+// keyswap status page: polls /api/auth/providers and /api/usage, and drives logins, logouts
+// and resets. Plain DOM, no build step. Elements are kept between polls so focus and typing survive.
 // Its authority is the HttpOnly session cookie (from `python -m login page`'s one-time link)
 // plus the CSRF token below, which is bound to that session and sent on every change.
 "use strict";
@@ -119,9 +119,13 @@ async function refresh() {
   const updated = document.getElementById("updated");
   const problem = document.getElementById("problem");
   try {
-    const data = await api("GET", "/api/auth/providers");
+    // Usage is an addition: without it (an older proxy) the page still lists the buckets.
+    const [data, usage] = await Promise.all([
+      api("GET", "/api/auth/providers"),
+      api("GET", "/api/usage").catch(() => null),
+    ]);
     skew = data.now - Date.now() / 1000;
-    render(data.providers);
+    render(data.providers, usageByBucket(usage));
     updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
     updated.classList.remove("stale");
     problem.hidden = true;
@@ -143,7 +147,15 @@ function tick() {
   }
 }
 
-function render(providers) {
+function usageByBucket(usage) {
+  const found = new Map(); // "provider/bucket" -> that bucket's usage
+  for (const p of (usage && usage.providers) || []) {
+    for (const b of p.buckets) found.set(`${p.name}/${b.bucket}`, b);
+  }
+  return found;
+}
+
+function render(providers, usage) {
   const main = document.getElementById("providers");
   if (main.getAttribute("aria-busy")) {
     main.replaceChildren();
@@ -157,7 +169,7 @@ function render(providers) {
       cards.set(p.name, card);
       main.append(card.root);
     }
-    updateCard(card, p);
+    updateCard(card, p, usage);
   }
 }
 
@@ -186,13 +198,15 @@ function makeCard(p) {
   const tbody = h("tbody");
   const table = h("table", {},
     h("caption", { class: "sr-only" }, `${p.title} buckets`),
-    h("colgroup", {}, ["bucket", "account", "state", "token", "cooldown", "traffic", "actions"]
-      .map((name) => h("col", { class: `c-${name}` }))),
+    h("colgroup", {},
+      ["bucket", "account", "state", "token", "quota", "cooldown", "traffic", "actions"]
+        .map((name) => h("col", { class: `c-${name}` }))),
     h("thead", {}, h("tr", {},
       h("th", { scope: "col" }, "Bucket"),
       h("th", { scope: "col" }, "Account"),
       h("th", { scope: "col" }, "State"),
       h("th", { scope: "col" }, "Expires"),
+      h("th", { scope: "col" }, "Quota"),
       h("th", { scope: "col" }, "Cooldown"),
       h("th", { scope: "col" }, "Traffic (5 min)"),
       h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Actions")))),
@@ -208,7 +222,7 @@ function makeCard(p) {
   return { root, meta, tbody, tableWrap, empty, logins, rows: new Map(), panels: new Map() };
 }
 
-function updateCard(card, p) {
+function updateCard(card, p, usage) {
   const flow = FLOW_LABEL[p.flow] || p.flow;
   const parts = [`oauth:${p.name}`, flow, p.strategy];
   if (!p.enabled) parts.push("disabled in the config");
@@ -227,7 +241,7 @@ function updateCard(card, p) {
       row = makeRow(p, b.bucket);
       card.rows.set(b.bucket, row);
     }
-    updateRow(row, b);
+    updateRow(row, b, usage.get(`${p.name}/${b.bucket}`));
     const after = previous ? previous.tr.nextSibling : card.tbody.firstChild;
     if (after !== row.tr) card.tbody.insertBefore(row.tr, after);
     previous = row;
@@ -298,6 +312,11 @@ function makeRow(p, bucket) {
   const label = `${p.title} ${bucket}`;
   const row = {
     bucket,
+    label,
+    quota: h("div", { class: "quota" }),
+    windows: [],
+    usageKey: null,
+    holds: h("span", { class: "holds" }),
     badge: h("span", { class: "badge" }),
     rules: h("div", { class: "detail" }),
     detail: h("div", { class: "detail" }),
@@ -327,14 +346,16 @@ function makeRow(p, bucket) {
     row.account,
     h("td", {}, row.badge, row.detail),
     row.token,
+    h("td", {}, row.quota),
     h("td", {}, row.cool),
-    h("td", {}, h("div", { class: "traffic" }, row.chart, row.counts)),
+    h("td", {}, h("div", { class: "traffic" }, row.chart, row.counts, row.holds)),
     h("td", { class: "actions" }, row.logout));
   return row;
 }
 
-function updateRow(row, b) {
+function updateRow(row, b, usage) {
   row.data = b;
+  updateUsage(row, usage);
   row.account.textContent = b.account || "—";
   row.account.classList.toggle("muted", !b.account);
   row.badge.className = `badge ${b.state}`;
@@ -362,6 +383,7 @@ function paintClock(row) {
   const b = row.data;
   if (!b) return;
   const t = now();
+  for (const w of row.windows) paintReset(w, t);
   if (b.expires_at) {
     const left = b.expires_at - t;
     row.token.textContent = left > 0 ? `in ${duration(left)}` : `${duration(-left)} ago`;
@@ -382,6 +404,57 @@ function paintClock(row) {
     row.coolText.classList.add("muted");
     row.reset.hidden = true;
   }
+}
+
+// -- quota windows: one bar each, with its reset time --------------------------------------
+
+function updateUsage(row, usage) {
+  const windows = (usage && usage.windows) || [];
+  // Rebuilt only when the numbers change; the reset times count down in paintClock.
+  const key = JSON.stringify(windows);
+  if (row.usageKey !== key) {
+    row.usageKey = key;
+    row.windows = windows.map((w) => makeWindow(row.label, w));
+    row.quota.replaceChildren(...(row.windows.length
+      ? row.windows.map((w) => w.root)
+      : [h("span", { class: "muted", title: "no usage reported yet" }, "—")]));
+  }
+  const held = usage ? usage.conversations : 0;
+  row.holds.textContent = held ? `holds ${held} conversation${held === 1 ? "" : "s"}` : "";
+  row.holds.hidden = !held;
+}
+
+function makeWindow(label, w) {
+  const percent = Math.round(w.used * 100);
+  const level = w.status === "rejected" || percent >= 95 ? "full" : percent >= 80 ? "high" : "ok";
+  const fill = h("span", { class: "fill" });
+  fill.style.width = `${Math.min(100, percent)}%`;
+  const reset = h("span", { class: "reset" });
+  const root = h("div", { class: `window ${level}`, "data-window": w.name },
+    h("div", { class: "window-head" },
+      h("span", { class: "window-name" }, w.name),
+      h("span", { class: "window-used" }, `${percent}%`)),
+    h("div", {
+      class: "bar", role: "meter", "aria-valuemin": 0, "aria-valuemax": 100,
+      "aria-valuenow": percent, "aria-label": `${label}, ${w.name} window: ${percent}% used`,
+      title: w.status ? `${percent}% used (${w.status})` : `${percent}% used`,
+    }, fill),
+    reset);
+  const parts = { root, reset, resetsAt: w.resets_at };
+  paintReset(parts, now());
+  return parts;
+}
+
+function paintReset(w, t) {
+  if (!w.resetsAt) {
+    w.reset.textContent = "";
+    w.reset.hidden = true;
+    return;
+  }
+  const left = w.resetsAt - t;
+  w.reset.hidden = false;
+  w.reset.textContent = left > 0 ? `resets in ${duration(left)}` : "has reset";
+  w.reset.title = localTime(w.resetsAt);
 }
 
 function chart(b) {
