@@ -656,16 +656,17 @@ def test_usage_shows_windows_cooldowns_traffic_and_conversations(s: Stack) -> No
         *("bucket", "windows", "cooling_until", "requests", "limited", "last_429", "last_error"),
         *("usage_updated", "conversations"),
     }
-    [window] = work["windows"]
+    # The saved window, beside the premium allowance the proxy polls for Copilot itself.
+    [window] = [w for w in work["windows"] if w["name"] == "premium"]
     assert (window["name"], window["used"], window["resets_at"]) == ("premium", 0.3, now + 7200)
     assert 7100 < window["resets_in"] <= 7200 and window["minutes"] is None
     assert (work["requests"], work["limited"], work["conversations"]) == (2, 0, 2)
-    assert work["cooling_until"] is None and work["usage_updated"] == now - 60
+    assert work["cooling_until"] is None and work["usage_updated"] >= now - 60
     assert work["last_error"] == "HTTP 503" and work["last_429"] is None
     assert 500 < home["cooling_until"] - time.time() <= 600
     assert (home["requests"], home["limited"], home["conversations"]) == (7, 2, 0)
     assert (home["last_error"], home["last_429"]) == ("HTTP 429", now - 30)
-    assert home["windows"][0]["used"] == 0.96
+    assert [w["used"] for w in home["windows"] if w["name"] == "premium"] == [0.96]
     assert set(usage_of(page)) == set(shown), "the page's session reads it all"
     # A client sees its own buckets only, and not the proxy's words about them.
     assert [p["name"] for p in scoped.json()["providers"]] == ["copilot"]

@@ -189,12 +189,21 @@ def test_quota_windows_and_conversations_per_bucket(s: Stack, tmp_path: Path) ->
     from the state an earlier run saved (the proxy restores it at start) and live traffic."""
     from playwright.sync_api import expect, sync_playwright
 
-    s.login_anthropic("work")
+    token = s.login_anthropic("work")
     now = time.time()
     windows = [
         {"name": "5h", "used": 0.42, "resets_at": now + 3 * 3600 + 12 * 60 + 30},
         {"name": "7d", "used": 0.97, "resets_at": now + 5 * 86400 + 600, "status": "allowed"},
     ]
+    # What the live answers then report (their usage headers) agrees with what was saved.
+    s.api.usage(
+        "anthropic",
+        token=token,
+        five_hour=0.42,
+        five_hour_reset=windows[0]["resets_at"],
+        seven_day=0.97,
+        seven_day_reset=windows[1]["resets_at"],
+    )
     state = s.user.data_dir / "state.json"
     buckets = {"anthropic:work": {"windows": windows, "updated": now, "served": 4}}
     state.write_text(json.dumps({"version": 1, "saved": now, "buckets": buckets}))

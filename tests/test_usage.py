@@ -250,6 +250,8 @@ def test_status_reads_what_a_running_proxy_saved_and_keeps_it_after(
         [row] = [line for line in res.out.splitlines() if line.startswith("copilot")]
         assert re.fullmatch(
             r"copilot  default  octocat  valid  expires in \d+ min"
+            # The premium allowance the proxy polls from Copilot's usage endpoint.
+            r"(  premium_interactions 17% \(resets in \d+d\d+h\))?"
             r"  0 requests  1 × 429  cooldown 9m",
             row,
         ), row
