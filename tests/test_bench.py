@@ -59,3 +59,13 @@ def test_a_429_is_retried_on_the_next_bucket_and_still_streams(lab: Lab) -> None
     assert lab.upstream.stats(lab.cafile).get("429", 0) - before == 3
     assert r.statuses == {200: 3} and not r.errors
     assert min(r.gaps) >= 0.03, f"the retried stream was bunched: {r.gaps}"
+
+
+def test_scheduling_rows_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench.scheduling runs and reports every row (numbers are for bench/RESULTS.md)."""
+    from bench import scheduling
+
+    monkeypatch.setattr(scheduling, "REQUESTS", 200)
+    table = dict(scheduling.rows())
+    assert len(table) == 6
+    assert table["affinity map after 30,000 conversations: entries kept"] == "20,000"
