@@ -149,3 +149,35 @@ def test_an_account_past_95_percent_gets_no_new_conversations(
     windows = {w["name"]: w for w in state["buckets"]["anthropic:a"]["windows"]}
     assert windows["5h"]["used"] == 0.96 and windows["7d"]["used"] == 0.4
     assert windows["5h"]["resets_at"] > 0
+
+
+def test_a_spent_copilot_allowance_moves_the_request_and_rests_until_its_reset(
+    s: Stack,
+) -> None:
+    from tests.test_manage import copilot_chat
+
+    s.configure('[providers.copilot]\nbuckets = ["a", "b"]\n')
+    tokens = {b: s.login_copilot(b) for b in ("a", "b")}
+    s.api.exhaust_quota("copilot", token=tokens["a"])
+    with s.proxy() as proxy:
+        assert copilot_chat(proxy, "oauth:copilot").status_code == 200
+    served = [(x.token, x.status) for x in s.api.served if x.provider == "copilot"]
+    assert served == [(tokens["a"], 402), (tokens["b"], 200)]
+    state = json.loads((s.user.data_dir / "state.json").read_text())
+    assert state["buckets"]["copilot:a"]["cooling_until"] is not None
+
+
+def test_login_status_shows_the_windows_the_answers_reported(
+    s: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s.configure(TWO)
+    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
+    s.api.usage("anthropic", token=tokens["a"], five_hour=0.42, seven_day=0.09)
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        converse(anthropic.Anthropic(api_key="oauth:anthropic"), "tides", 1)
+    res = s.user.run("status")
+    [row] = [line for line in res.out.splitlines() if line.startswith("anthropic  a ")]
+    assert "5h 42% (resets in" in row and "7d 9% (resets in" in row and "1 request" in row
+    listed = {e["bucket"]: e for e in json.loads(s.user.run("status", "--json").out)}
+    assert {w["name"]: w["used"] for w in listed["a"]["windows"]}["5h"] == 0.42
