@@ -97,6 +97,33 @@ def test_claude_code_keeps_its_token_out_of_its_environment(s: Stack, tmp_path: 
     assert token not in done.stdout + done.stderr
 
 
+def test_claude_code_sessions_each_stay_on_one_account(s: Stack, tmp_path: Path) -> None:
+    """Two Claude accounts: every request of a Claude Code session (its first prompt and
+    each `--continue`) lands on one account, so its prompt cache is read; a new session may
+    go to the other."""
+    require(CLAUDE, "@anthropic-ai/claude-code")
+    s.configure('[providers.anthropic]\nbuckets = ["a", "b"]\n')
+    tokens = {s.login_anthropic(b): b for b in ("a", "b")}
+    with s.proxy() as proxy:
+        env = {**env_from_login_env(s, proxy), "ANTHROPIC_API_KEY": "oauth:anthropic"}
+        for i, args in enumerate(([], ["--continue"], ["--continue"], [])):
+            done = subprocess.run(
+                [str(CLAUDE), "-p", *args, f"prompt {i}"],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+    sessions: dict[str, set[str]] = {}
+    for served in s.api.served:
+        if served.provider == "anthropic" and served.conversation:
+            sessions.setdefault(served.conversation, set()).add(tokens[served.token])
+    assert len(sessions) == 2, sessions  # the continued session, and the last new one
+    assert all(len(buckets) == 1 for buckets in sessions.values()), sessions
+
+
 SDK_SCRIPT = """
 import sys, openai, anthropic, requests
 from google import genai
