@@ -47,6 +47,13 @@ def env_from_login_env(s: Stack, proxy: Mitmdump) -> dict[str, str]:
     return env
 
 
+def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A real CLI run to its end; it must succeed."""
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_codex_cli_on_a_chatgpt_login(s: Stack, tmp_path: Path) -> None:
     require(CODEX, "@openai/codex")
     token = s.login_codex()
@@ -56,15 +63,7 @@ def test_codex_cli_on_a_chatgpt_login(s: Stack, tmp_path: Path) -> None:
         env = {**env_from_login_env(s, proxy), "CODEX_API_KEY": "oauth:codex"}
         env["CODEX_HOME"] = str(tmp_path / "codex-home")
         Path(env["CODEX_HOME"]).mkdir()
-        done = subprocess.run(
-            [str(CODEX), "exec", "--skip-git-repo-check", "say hi"],
-            env=env,
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert done.returncode == 0, done.stderr[-2000:]
+        done = run_cli([str(CODEX), "exec", "--skip-git-repo-check", "say hi"], env, work)
     expected = s.api.text
     assert expected in done.stdout
     answered = [c for c in s.api.calls if c.method == "POST" and c.path.endswith("/responses")]
@@ -80,15 +79,7 @@ def test_claude_code_keeps_its_token_out_of_its_environment(s: Stack, tmp_path: 
     token = s.login_anthropic()
     with s.proxy() as proxy:
         env = {**env_from_login_env(s, proxy), "ANTHROPIC_API_KEY": "oauth:anthropic"}
-        done = subprocess.run(
-            [str(CLAUDE), "-p", "say hi"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert done.returncode == 0, done.stderr[-2000:]
+        done = run_cli([str(CLAUDE), "-p", "say hi"], env, tmp_path)
     assert s.api.text in done.stdout
     [call] = [c for c in s.api.calls if c.path == "/v1/messages"]
     assert call.headers["authorization"] == f"Bearer {token}"
@@ -107,15 +98,7 @@ def test_claude_code_sessions_each_stay_on_one_account(s: Stack, tmp_path: Path)
     with s.proxy() as proxy:
         env = {**env_from_login_env(s, proxy), "ANTHROPIC_API_KEY": "oauth:anthropic"}
         for i, args in enumerate(([], ["--continue"], ["--continue"], [])):
-            done = subprocess.run(
-                [str(CLAUDE), "-p", *args, f"prompt {i}"],
-                env=env,
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert done.returncode == 0, done.stderr[-2000:]
+            run_cli([str(CLAUDE), "-p", *args, f"prompt {i}"], env, tmp_path)
     sessions: dict[str, set[str]] = {}
     for served in s.api.served:
         if served.provider == "anthropic" and served.conversation:

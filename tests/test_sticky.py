@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import anthropic
@@ -24,6 +25,20 @@ TWO = '[providers.anthropic]\nbuckets = ["a", "b"]\n'
 def s(user: User, tmp_path: Path) -> Iterator[Stack]:
     with stack(user, tmp_path) as st:
         yield st
+
+
+def two_accounts(s: Stack) -> dict[str, str]:
+    """Two Claude accounts, a and b: their tokens by bucket."""
+    s.configure(TWO)
+    return {b: s.login_anthropic(b) for b in ("a", "b")}
+
+
+@contextmanager
+def claude(s: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[anthropic.Anthropic]:
+    """The official SDK through a running proxy, with only `login env` in its environment."""
+    with s.proxy() as proxy:
+        sdk_env(proxy, monkeypatch)
+        yield anthropic.Anthropic(api_key="oauth:anthropic")
 
 
 def converse(client: anthropic.Anthropic, topic: str, turns: int) -> None:
@@ -46,11 +61,9 @@ def accounts(s: Stack, tokens: dict[str, str]) -> list[str]:
 def test_every_turn_of_a_conversation_lands_on_one_account(
     s: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s.configure(TWO)
-    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
-    with s.proxy() as proxy:
-        sdk_env(proxy, monkeypatch)
-        converse(anthropic.Anthropic(api_key="oauth:anthropic"), "tides", 10)
+    tokens = two_accounts(s)
+    with claude(s, monkeypatch) as client:
+        converse(client, "tides", 10)
     used = accounts(s, tokens)
     assert len(used) == 10 and len(set(used)) == 1, used
 
@@ -58,11 +71,8 @@ def test_every_turn_of_a_conversation_lands_on_one_account(
 def test_concurrent_conversations_spread_and_each_stays_put(
     s: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s.configure(TWO)
-    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
-    with s.proxy() as proxy:
-        sdk_env(proxy, monkeypatch)
-        client = anthropic.Anthropic(api_key="oauth:anthropic")
+    tokens = two_accounts(s)
+    with claude(s, monkeypatch) as client:
         # One first turn each, in order, so that the spreading is deterministic...
         for topic in ("one", "two", "three"):
             converse(client, topic, 1)
@@ -81,11 +91,8 @@ def test_concurrent_conversations_spread_and_each_stays_put(
 def test_a_limited_account_loses_the_conversation_once_and_a_restart_remembers(
     s: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s.configure(TWO)
-    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
-    with s.proxy() as proxy:
-        sdk_env(proxy, monkeypatch)
-        client = anthropic.Anthropic(api_key="oauth:anthropic")
+    tokens = two_accounts(s)
+    with claude(s, monkeypatch) as client:
         converse(client, "tides", 1)
         home = accounts(s, tokens)[0]
         other = "b" if home == "a" else "a"
@@ -98,20 +105,16 @@ def test_a_limited_account_loses_the_conversation_once_and_a_restart_remembers(
     assert state["buckets"][f"anthropic:{home}"]["cooling_until"] is not None
 
     before = len(s.api.calls)
-    with s.proxy() as proxy:
-        sdk_env(proxy, monkeypatch)
-        converse(anthropic.Anthropic(api_key="oauth:anthropic"), "new topic", 2)
+    with claude(s, monkeypatch) as client:
+        converse(client, "new topic", 2)
     assert accounts(s, tokens)[before:] == [other, other]  # the rest was remembered
 
 
 def test_a_stream_of_a_limited_conversation_is_retried_elsewhere_and_still_streams(
     s: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s.configure(TWO)
-    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
-    with s.proxy() as proxy:
-        sdk_env(proxy, monkeypatch)
-        client = anthropic.Anthropic(api_key="oauth:anthropic")
+    tokens = two_accounts(s)
+    with claude(s, monkeypatch) as client:
         converse(client, "tides", 1)
         home = accounts(s, tokens)[0]
         s.api.rate_limit("anthropic", token=tokens[home], seconds=3600)
@@ -133,13 +136,10 @@ def test_a_stream_of_a_limited_conversation_is_retried_elsewhere_and_still_strea
 def test_an_account_past_95_percent_gets_no_new_conversations(
     s: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s.configure(TWO)
-    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
+    tokens = two_accounts(s)
     s.api.usage("anthropic", token=tokens["a"], five_hour=0.96, seven_day=0.4)
     s.api.usage("anthropic", token=tokens["b"], five_hour=0.10, seven_day=0.5)
-    with s.proxy() as proxy:
-        sdk_env(proxy, monkeypatch)
-        client = anthropic.Anthropic(api_key="oauth:anthropic")
+    with claude(s, monkeypatch) as client:
         converse(client, "first", 1)  # nothing known yet: the first account by name
         for topic in ("second", "third"):
             converse(client, topic, 1)
@@ -170,12 +170,10 @@ def test_a_spent_copilot_allowance_moves_the_request_and_rests_until_its_reset(
 def test_login_status_shows_the_windows_the_answers_reported(
     s: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s.configure(TWO)
-    tokens = {b: s.login_anthropic(b) for b in ("a", "b")}
+    tokens = two_accounts(s)
     s.api.usage("anthropic", token=tokens["a"], five_hour=0.42, seven_day=0.09)
-    with s.proxy() as proxy:
-        sdk_env(proxy, monkeypatch)
-        converse(anthropic.Anthropic(api_key="oauth:anthropic"), "tides", 1)
+    with claude(s, monkeypatch) as client:
+        converse(client, "tides", 1)
     res = s.user.run("status")
     [row] = [line for line in res.out.splitlines() if line.startswith("anthropic  a ")]
     assert "5h 42% (resets in" in row and "7d 9% (resets in" in row and "1 request" in row
