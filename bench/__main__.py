@@ -19,18 +19,28 @@ from .report import MIB, CpuMeter, Row, load_average, machine, table
 from .scenarios import (
     REAL_KEY,
     Cell,
+    Concurrent,
     Lab,
     Memory,
+    Settling,
     Stampede,
     Streams,
+    concurrent_streams,
     fresh_connections,
     keepalive_json,
     memory,
     round_trip_429,
+    settling,
     sse,
     stampede,
     warm_up,
 )
+
+# Targets of issue 14.7, in ms or MiB.
+OWN_CPU_MS = 0.2  # keyswap's CPU per request on top of bare mitmdump's
+RETRY_MS = 0.3  # a retried stream's delay, beyond the 429's own round trip
+MIB_PER_CONNECTION = 0.25  # RSS per concurrent open stream
+SETTLED = 0.10  # RSS a minute after a burst, above the warm baseline
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Settings:
     requests_limit: float = 140.0  # ... or as many as this many seconds allow
     stampede: int = 100  # concurrent requests per proxy on an expired token
     fresh_seconds: float = 3.0
+    concurrent: int = 64  # SSE streams open at once, for RSS per connection
 
     @classmethod
     def quick(cls) -> Settings:
@@ -58,6 +69,7 @@ class Settings:
             ttfb_rounds=1,
             requests=1000,
             fresh_seconds=1.0,
+            concurrent=32,
         )
 
 
@@ -127,6 +139,9 @@ def run(s: Settings, workdir: Path) -> str:
         _log(f"proxies up; warming up (workdir {workdir})")
         warm_up(lab, ["direct", "bare", "keyswap", "bare-stream", "retry"], 1.0)
 
+        # Before anything else opens many connections, so that this is the first time.
+        _log(f"RSS per connection: {s.concurrent} streams at once")
+        conc = {n: concurrent_streams(lab, n, s.concurrent) for n in ("bare-stream", "keyswap")}
         _log(f"memory: {s.requests} requests through bare and keyswap")
         mem = memory(lab, ["bare", "keyswap"], s.requests, 8, s.requests_limit)
         _log("keep-alive JSON")
@@ -145,7 +160,7 @@ def run(s: Settings, workdir: Path) -> str:
         fresh = fresh_connections(lab, s.fresh_seconds)
         _log(f"refresh stampede: {s.stampede} requests per proxy")
         one, two_procs = stampede(lab, s.stampede)
-        rows = _rows(s, cells, streams, (rtt_429, limited), one, two_procs, mem, fresh)
+        rows = _rows(s, cells, streams, (rtt_429, limited), one, two_procs, mem, fresh, conc)
     elapsed = time.monotonic() - started
     return (
         f"Machine: {machine()}\n"
@@ -164,12 +179,14 @@ def _rows(
     two: Stampede,
     mem: dict[str, Memory],
     fresh: dict[str, Cell],
+    conc: dict[str, Concurrent],
 ) -> list[Row]:
     rows: list[Row] = []
     for c in s.concurrency:
         d, b, k = (cells[p, c] for p in ("direct", "bare", "keyswap"))
         errors = sum(x.errors + x.non_200 for x in (d, b, k))
         note = f" ({errors} errors)" if errors else ""
+        own = k.cpu_ms - b.cpu_ms
         rows += [
             Row(
                 f"JSON c={c}: p50 ms{note}",
@@ -182,6 +199,15 @@ def _rows(
             Row(f"JSON c={c}: p99 ms", d.p99, b.p99, k.p99, "≤ 1.10× bare", k.p99 <= 1.10 * b.p99),
             Row(f"JSON c={c}: requests/s", d.rps, b.rps, k.rps),
             Row(f"JSON c={c}: proxy CPU ms per request", None, b.cpu_ms, k.cpu_ms),
+            Row(
+                f"JSON c={c}: keyswap's own CPU ms per request (keyswap − bare)",
+                None,
+                None,
+                own,
+                f"≤ {OWN_CPU_MS}",
+                own <= OWN_CPU_MS,
+                ratios=False,
+            ),
         ]
     sd, sb, sk = streams["direct"], streams["bare-stream"], streams["keyswap"]
     rows += [
@@ -222,6 +248,15 @@ def _rows(
             retried.ttfb_p50,
             f"≤ {limit:.1f} (no-429 + 429 RTT)",
             retried.ttfb_p50 <= limit,
+            ratios=False,
+        ),
+        Row(
+            "SSE, 2 buckets: the retry's delay ms (TTFB after a 429 − TTFB pinned)",
+            None,
+            None,
+            retried.ttfb_p50 - pinned.ttfb_p50,
+            f"≤ {rtt_429 + RETRY_MS:.2f} (429 RTT + {RETRY_MS})",
+            retried.ttfb_p50 - pinned.ttfb_p50 <= rtt_429 + RETRY_MS,
             ratios=False,
         ),
         Row(
@@ -269,6 +304,7 @@ def _rows(
             mk.second_half <= 0.02 * mk.warm,
             ratios=False,
         ),
+        *_per_connection(conc["bare-stream"], conc["keyswap"]),
     ]
     d, b, k = fresh["direct"], fresh["bare"], fresh["keyswap"]
     rows += [
@@ -276,6 +312,79 @@ def _rows(
         Row("New connection per request: p99 ms", d.p99, b.p99, k.p99),
         Row("New connection per request: proxy CPU ms", None, b.cpu_ms, k.cpu_ms),
     ]
+    return rows
+
+
+def _per_connection(bare: Concurrent, keyswap: Concurrent) -> list[Row]:
+    n = keyswap.connections
+    done = f"{bare.streams} / {keyswap.streams}" if bare.streams != keyswap.streams else n
+    per = keyswap.per_connection / MIB
+    return [
+        Row(
+            f"RSS MiB idle, then with {n} SSE streams open ({done} complete)",
+            None,
+            f"{bare.idle / MIB:.1f} → {bare.peak / MIB:.1f}",
+            f"{keyswap.idle / MIB:.1f} → {keyswap.peak / MIB:.1f}",
+        ),
+        Row(
+            f"RSS MiB per concurrent connection (c={n}, bare = bare-stream)",
+            None,
+            bare.per_connection / MIB,
+            per,
+            f"≤ {MIB_PER_CONNECTION}",
+            per <= MIB_PER_CONNECTION,
+        ),
+    ]
+
+
+def run_burst(workdir: Path, connections: int = 256, seconds: float = 60.0) -> str:
+    """Only the burst: `connections` SSE streams at once through fresh bare-stream and keyswap
+    proxies, then a minute with nothing to do; their RSS against the warm baseline."""
+    started = time.monotonic()
+    meter = CpuMeter()
+    code = revision()
+    with Lab.open(workdir, workers=2) as lab:
+        user = _keyswap_user(lab)
+        proxies = [
+            lab.start_proxy("bare-stream", None, "--set", "stream_large_bodies=1"),
+            lab.start_proxy("keyswap", user),
+        ]
+        for p in proxies:
+            p.wait()
+        lab.target("bare-stream", proxies[0], REAL_KEY)
+        lab.target("keyswap", proxies[1], "oauth:anthropic")
+        names = [p.name for p in proxies]
+        _log("warming up")
+        warm_up(lab, names, 2.0)
+        for name in names:  # the stream path too, as the table's run does
+            concurrent_streams(lab, name, 8, events=2, gap_ms=50)
+        time.sleep(2.0)
+        _log(f"{connections} streams at once through each proxy, then {seconds:.0f} s idle")
+        settled = settling(lab, names, connections, seconds)
+    rows = _burst_rows(settled["bare-stream"], settled["keyswap"], seconds)
+    return (
+        f"Machine: {machine()}\nkeyswap code: {code}\n"
+        f"Run took {time.monotonic() - started:.0f} s; {meter.others()}\n\n{table(rows)}\n"
+    )
+
+
+def _burst_rows(bare: Settling, keyswap: Settling, seconds: float) -> list[Row]:
+    rows = _per_connection(bare.burst, keyswap.burst)
+    rows.append(Row("RSS MiB warm, before the burst", None, bare.warm / MIB, keyswap.warm / MIB))
+    for (t, b), (_, k) in zip(bare.after, keyswap.after, strict=True):
+        rows.append(Row(f"RSS MiB {t:.0f} s after the burst", None, b / MIB, k / MIB))
+    over = keyswap.last / keyswap.warm - 1
+    rows.append(
+        Row(
+            f"RSS {seconds:.0f} s after the burst, above warm",
+            None,
+            f"{bare.last / bare.warm - 1:+.0%}",
+            f"{over:+.0%}",
+            f"≤ +{SETTLED:.0%}",
+            over <= SETTLED,
+            ratios=False,
+        )
+    )
     return rows
 
 
@@ -287,12 +396,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="instead: py-spy profiles of bare and keyswap"
     )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="instead: RSS per connection at c=256 and a minute after that burst (~2 min)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     settings = Settings.quick() if args.quick else Settings()
     workdir = Path(tempfile.mkdtemp(prefix="keyswap-bench-"))
     try:
-        report = run_profile(workdir) if args.profile else run(settings, workdir)
+        if args.profile:
+            report = run_profile(workdir)
+        elif args.burst:
+            report = run_burst(workdir)
+        else:
+            report = run(settings, workdir)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

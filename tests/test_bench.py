@@ -12,7 +12,7 @@ import pytest
 
 from bench.load import Job
 from bench.procs import Proxy
-from bench.scenarios import Lab, stampede
+from bench.scenarios import Lab, settling, stampede
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +59,15 @@ def test_a_429_is_retried_on_the_next_bucket_and_still_streams(lab: Lab) -> None
     assert lab.upstream.stats(lab.cafile).get("429", 0) - before == 3
     assert r.statuses == {200: 3} and not r.errors
     assert min(r.gaps) >= 0.03, f"the retried stream was bunched: {r.gaps}"
+
+
+def test_concurrent_streams_and_the_settling_after_a_burst_are_measured(lab: Lab) -> None:
+    """`--burst`'s harness at a small scale: every stream completes while RSS is read."""
+    proxy = _keyswap(lab, "burst", {"default": "ok"})
+    lab.target("burst", proxy, "oauth:anthropic")
+    settled = settling(lab, ["burst"], connections=6, seconds=0.2, every=0.1)["burst"]
+    burst = settled.burst
+    assert (burst.connections, burst.streams, burst.errors) == (6, 6, 0), burst
+    assert burst.peak >= burst.idle > 0 and settled.warm > 0
+    assert [round(t, 1) >= 0.1 for t, _ in settled.after] == [True, True]
+    assert all(rss > 0 for _, rss in settled.after)
