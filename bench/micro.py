@@ -243,8 +243,9 @@ async def keyswap_relay_server() -> float:
 
     class Fixed(Relay):
         def take(self, ticket: str) -> Any:
-            # What the retry loop leaves on a job: the token it sent, kept out of the answer.
-            return SimpleNamespace(sent=[_TOKEN])
+            # What the retry loop leaves on a job: the token it sent, kept out of the answer;
+            # no answer yet, so the relay asks for one.
+            return SimpleNamespace(sent=[_TOKEN]), None
 
         async def run(self, job: Any) -> Answer:
             headers = [("content-type", "application/json")]
