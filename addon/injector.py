@@ -7,7 +7,8 @@ An answer that is small and sized, or an error, becomes the flow's response righ
 stream cannot (mitmproxy streams only what a server sends), so the flow is pointed at the
 relay with a one-shot ticket, the relay passes the stream on as it comes, and the flow gets
 its original request back in `responseheaders`. A WebSocket upgrade is carried by mitmproxy
-itself with the token set here. `_maintain` picks up config edits and new logins.
+itself with the token set here. `_maintain` picks up config edits and new logins, and hands
+memory back after a burst (`memory`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .admission import Admission, Refusal, dialect_for, is_loopback_client
 from .dispatch import Dispatch, Job
 from .errors import error_body, error_headers
 from .logins import Logins
+from .memory import Settler
 from .outbound import Outbound
 from .relay import TICKET_HEADER, Relay, Stream, Whole
 from .rotation import Rotation
@@ -74,6 +76,8 @@ class Injector:
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._bundle: asyncio.Task[None] | None = None
+        self._settler = Settler()
+        self._requests = 0  # decrypted requests seen, for the settler
         # mitmproxy's upstream proxy, which keyswap's own connections take too.
         self.upstream: Upstream | None = None
 
@@ -166,6 +170,11 @@ class Injector:
                 if str(exc) != problem:  # once per distinct problem, not every second
                     problem = str(exc)
                     log.warning("keyswap: cannot read the token store: %s", exc)
+            # After a burst, what its connections held goes back to the system.
+            sender = self.dispatch.sender
+            self._settler.tick(
+                self._requests + (sender.swept if isinstance(sender, Outbound) else 0)
+            )
             await asyncio.sleep(_POLL_SECONDS)
 
     async def _refresh_resting(self, buckets: dict[str, list[str]]) -> None:
@@ -193,6 +202,7 @@ class Injector:
             data.server.address = target
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        self._requests += 1
         if flow.response is not None:
             return
         found = placeholder.find(flow.request)
