@@ -139,11 +139,11 @@ def run(s: Settings, workdir: Path) -> str:
         _log(f"proxies up; warming up (workdir {workdir})")
         warm_up(lab, ["direct", "bare", "keyswap", "bare-stream", "retry"], 1.0)
 
+        _log(f"memory: {s.requests} requests through bare and keyswap")
+        mem = memory(lab, ["bare", "keyswap"], s.requests, 8, s.requests_limit)
         # Before anything else opens many connections, so that this is the first time.
         _log(f"RSS per connection: {s.concurrent} streams at once")
         conc = {n: concurrent_streams(lab, n, s.concurrent) for n in ("bare-stream", "keyswap")}
-        _log(f"memory: {s.requests} requests through bare and keyswap")
-        mem = memory(lab, ["bare", "keyswap"], s.requests, 8, s.requests_limit)
         _log("keep-alive JSON")
         cells = keepalive_json(lab, s.concurrency, s.rounds, s.seconds, s.warmup)
         _log("SSE")
