@@ -425,7 +425,7 @@ def mem_hand_client(answer: bytes) -> Step:
     out = Outbound(ssl.create_default_context())
     to = To.of(f"https://{HOST}", "/v1/messages")
     reader = asyncio.StreamReader(limit=_MAX_HEAD)
-    conn = _Connection(reader, _NoWriter())  # type: ignore[arg-type]
+    conn = _Connection(reader, _NoWriter(), 600.0)  # type: ignore[arg-type]
 
     async def one() -> None:
         out._head("POST", to, _CLIENT_HEADERS, _POST_BODY)

@@ -173,6 +173,8 @@ class Streams:
     ttfb: list[float]
     gaps: list[float]
     errors: int
+    cpu: float = 0.0  # proxy CPU seconds while they ran (0 for no proxy)
+    count: int = 0  # streams answered
 
     @property
     def ttfb_p50(self) -> float:
@@ -186,12 +188,16 @@ class Streams:
     def gap_p99(self) -> float:
         return percentile(self.gaps, 99) * 1000
 
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu / self.count * 1000 if self.count else float("nan")
+
 
 def sse(lab: Lab, name: str, streams: int, events: int, gap_ms: int = 50) -> Streams:
     """`streams` SSE responses one after another on one keep-alive connection."""
     job = Job("sse", lab.targets[name], count=streams, events=events, gap_ms=gap_ms)
-    r = lab.clients.run([job])
-    return Streams(r.ttfb, r.gaps, sum(r.errors.values()))
+    r, cpu = lab.run([job], lab.proxies.get(name))
+    return Streams(r.ttfb, r.gaps, sum(r.errors.values()), cpu, r.sent)
 
 
 def round_trip_429(lab: Lab, count: int) -> float:
