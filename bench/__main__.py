@@ -36,6 +36,9 @@ from .scenarios import (
     warm_up,
 )
 
+# bare-stream: bare mitmdump that streams every answer (see bench/stream_responses.py).
+STREAMING = ("-s", str(Path(__file__).resolve().parent / "stream_responses.py"))
+
 # Targets of issue 14.7, in ms or MiB.
 OWN_CPU_MS = 0.2  # keyswap's CPU per request on top of bare mitmdump's
 RETRY_MS = 0.3  # a retried stream's delay, beyond the 429's own round trip
@@ -53,6 +56,8 @@ class Settings:
     events: int = 6  # per SSE response, 50 ms apart
     ttfb_rounds: int = 4  # then this many rounds of ...
     ttfb_streams: int = 10  # ... one-event SSE responses per path, for time to first event
+    retry_rounds: int = 4  # and this many rounds of ...
+    retry_streams: int = 50  # ... one-event streams through the retry proxy, pinned or not
     requests: int = 10_000  # for the memory measurement ...
     requests_limit: float = 140.0  # ... or as many as this many seconds allow
     stampede: int = 100  # concurrent requests per proxy on an expired token
@@ -67,6 +72,8 @@ class Settings:
             warmup=0.5,
             streams=4,
             ttfb_rounds=1,
+            retry_rounds=2,
+            retry_streams=20,
             requests=1000,
             fresh_seconds=1.0,
             concurrent=32,
@@ -97,7 +104,7 @@ def run_profile(workdir: Path) -> str:
         proxies = [
             lab.start_proxy("bare"),
             lab.start_proxy("keyswap", user),
-            lab.start_proxy("bare-stream", None, "--set", "stream_large_bodies=1"),
+            lab.start_proxy("bare-stream", None, *STREAMING),
         ]
         for p in proxies:
             p.wait()
@@ -129,7 +136,7 @@ def run(s: Settings, workdir: Path) -> str:
         two.save("b", f"ok-{time.time_ns()}", "unused", time.time() + 36_000)
         proxies = [
             lab.start_proxy("bare"),
-            lab.start_proxy("bare-stream", None, "--set", "stream_large_bodies=1"),
+            lab.start_proxy("bare-stream", None, *STREAMING),
             lab.start_proxy("keyswap", ok),
             lab.start_proxy("retry", two),
         ]
@@ -164,6 +171,11 @@ def run(s: Settings, workdir: Path) -> str:
                 streams[name].ttfb.extend(few.ttfb)
                 short[name].cpu += few.cpu
                 short[name].count += few.count
+        # The retry's delay is a difference of two TTFBs a few ms each that move by ~1 ms:
+        # many more samples of those two, the paths taking turns.
+        for r in range(s.retry_rounds):
+            for name in ("retry", "retry-pinned")[:: 1 if r % 2 else -1]:
+                streams[name].ttfb.extend(sse(lab, name, s.retry_streams, 1).ttfb)
         limited = lab.upstream.stats(lab.cafile).get("429", 0) - before
         rtt_429 = round_trip_429(lab, 200)
         _log("new connections")
@@ -370,7 +382,7 @@ def run_burst(workdir: Path, connections: int = 256, seconds: float = 60.0) -> s
     with Lab.open(workdir, workers=2) as lab:
         user = _keyswap_user(lab)
         proxies = [
-            lab.start_proxy("bare-stream", None, "--set", "stream_large_bodies=1"),
+            lab.start_proxy("bare-stream", None, *STREAMING),
             lab.start_proxy("keyswap", user),
         ]
         for p in proxies:
