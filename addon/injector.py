@@ -1,11 +1,14 @@
-"""The Injector: the mitmproxy hooks that find placeholder keys and hand requests to the relay.
+"""The Injector: the mitmproxy hooks that find placeholder keys and answer with the token.
 
 The path of one request: `request` finds a placeholder (`placeholder`), takes it out of the
-flow, asks `admission` whether and how it is served, and points the flow at the relay with
-a one-shot ticket; the relay's `dispatch` picks a bucket, gets its token (`login.tokens`),
-sends through `delivery`'s gate with `outbound`, and streams the answer back; the flow gets
+flow, asks `admission` whether and how it is served, and has the relay's `dispatch` pick a
+bucket, get its token (`login.tokens`) and send through `delivery`'s gate with `outbound`.
+An answer that is small and sized, or an error, becomes the flow's response right there. A
+stream cannot (mitmproxy streams only what a server sends), so the flow is pointed at the
+relay with a one-shot ticket, the relay passes the stream on as it comes, and the flow gets
 its original request back in `responseheaders`. A WebSocket upgrade is carried by mitmproxy
-itself with the token set here. `_maintain` picks up config edits and new logins.
+itself with the token set here. `_maintain` picks up config edits and new logins, and hands
+memory back after a burst (`memory`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Coroutine
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
@@ -35,9 +41,10 @@ from .affinity import Affinity
 from .dispatch import Dispatch, Job
 from .errors import error_body, error_headers
 from .logins import Logins
+from .memory import Settler
 from .outbound import Outbound
 from .quota import Quota
-from .relay import TICKET_HEADER, Relay
+from .relay import TICKET_HEADER, Relay, Stream, Whole
 from .rotation import Rotation
 from .settings import Settings
 from .upstream import Upstream, upstream_proxy
@@ -52,6 +59,9 @@ for _name in ("httpx", "httpcore", "h11", "hpack"):
 _POLL_SECONDS = 1.0
 # Served counters alone are saved this often; rests and quotas at once.
 STATE_EVERY = 30.0
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+# How often a request waiting for its answer looks whether its client is still there.
+_WATCH_SECONDS = 1.0
 
 
 class Injector:
@@ -82,6 +92,8 @@ class Injector:
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._bundle: asyncio.Task[None] | None = None
+        self._settler = Settler()
+        self._requests = 0  # decrypted requests seen, for the settler
         # mitmproxy's upstream proxy, which keyswap's own connections take too.
         self.upstream: Upstream | None = None
 
@@ -181,6 +193,11 @@ class Injector:
                 if str(exc) != problem:  # once per distinct problem, not every second
                     problem = str(exc)
                     log.warning("keyswap: cannot read the token store: %s", exc)
+            # After a burst, what its connections held goes back to the system.
+            sender = self.dispatch.sender
+            self._settler.tick(
+                self._requests + (sender.swept if isinstance(sender, Outbound) else 0)
+            )
             await asyncio.sleep(_POLL_SECONDS)
 
     async def _save_state(self, force: bool = False) -> None:
@@ -249,6 +266,7 @@ class Injector:
             data.server.address = target
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        self._requests += 1
         if flow.response is not None:
             return
         found = placeholder.find(flow.request)
@@ -263,15 +281,35 @@ class Injector:
             elif req.headers.get("upgrade", "").lower() == "websocket":
                 await self._inject_websocket(flow, job)
             else:
-                self._hand_to_relay(flow, job)
+                await self._serve(flow, job)
         except Exception:
             # Never let the placeholder or a half-built request go upstream.
             log.exception("keyswap: internal error")
             _answer(flow, 500, "internal error; see the proxy's log")
 
-    def _hand_to_relay(self, flow: http.HTTPFlow, job: Job) -> None:
+    async def _serve(self, flow: http.HTTPFlow, job: Job) -> None:
+        """Ask the provider now. A whole answer is the flow's response at once, with no
+        hop through the relay; a stream is handed to the relay."""
+        head_only = job.method == "HEAD"
+        reply = await _until_gone(flow, self.relay.reply(job, head_only))
+        if reply is None:
+            # The client went away while waiting (its request upstream is closed).
+            if flow.killable:
+                flow.kill()  # type: ignore[no-untyped-call]
+            else:
+                _answer(flow, 502, "the client went away")
+        elif isinstance(reply, Whole):
+            flow.response = _response(reply, head_only)
+        else:
+            try:
+                self._hand_to_relay(flow, job, reply)
+            except BaseException:
+                reply.close()
+                raise
+
+    def _hand_to_relay(self, flow: http.HTTPFlow, job: Job, stream: Stream) -> None:
         req = flow.request
-        ticket = self.relay.submit(job)
+        ticket = self.relay.submit(job, stream)
         # Point the flow at the relay; the original comes back once the response starts.
         # The job carries the request, so the relay needs nothing but the ticket.
         self._saved[flow.id] = (req.data, ticket)
@@ -326,6 +364,61 @@ class Injector:
             self.relay.drop(ticket)
         flow.request.data = original
         return True
+
+
+async def _until_gone[T](flow: http.HTTPFlow, work: Coroutine[Any, Any, T]) -> T | None:
+    """`work`, or None once the flow's client has gone (then `work` is cancelled, which
+    closes its upstream request: the provider sees the client leave, as it would without a
+    proxy). mitmproxy tells a hook nothing when its client leaves, so the client connection
+    is looked at every _WATCH_SECONDS while `work` runs."""
+    task = asyncio.current_task()
+    assert task is not None
+    watch = _Watch(flow, task)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not watch.gone:
+            raise
+        task.uncancel()
+        return None
+    finally:
+        watch.stop()
+
+
+class _Watch:
+    __slots__ = ("flow", "gone", "loop", "task", "timer")
+
+    def __init__(self, flow: http.HTTPFlow, task: asyncio.Task[Any]) -> None:
+        self.flow, self.task, self.gone = flow, task, False
+        self.loop = asyncio.get_running_loop()
+        self.timer = self.loop.call_later(_WATCH_SECONDS, self.look)
+
+    def look(self) -> None:
+        if self.flow.client_conn.connected:
+            self.timer = self.loop.call_later(_WATCH_SECONDS, self.look)
+        else:
+            self.gone = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.timer.cancel()
+
+
+def _response(whole: Whole, head_only: bool) -> http.Response:
+    """`whole` as mitmproxy's response, its body as sent (any content encoding kept)."""
+    now = time.time()
+    return http.Response(
+        http_version=b"HTTP/1.1",
+        status_code=whole.status,
+        reason=(whole.reason or _REASONS.get(whole.status, "")).encode("latin-1"),
+        headers=http.Headers(
+            [(k.encode("latin-1"), v.encode("latin-1")) for k, v in whole.headers]
+        ),
+        content=b"" if head_only else whole.body,
+        trailers=None,
+        timestamp_start=now,
+        timestamp_end=now,
+    )
 
 
 def _refresh_bundle(confdir: Path) -> None:

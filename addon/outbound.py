@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import select
 import ssl
 import time
 import zlib
+from asyncio import sslproto
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -22,6 +24,14 @@ from login import http1
 
 _IDLE_SECONDS = 50.0  # below the usual server keep-alive timeouts (60 s and up)
 _MAX_IDLE = 256  # per destination; a busy proxy keeps one per request in flight
+# The most recently used idle connections per destination stay _IDLE_SECONDS; the rest, what
+# a burst left behind, close after _SURPLUS_SECONDS, so its memory goes back soon after.
+_WARM = 8
+_SURPLUS_SECONDS = 15.0
+_SWEEP_SECONDS = 5.0
+# asyncio's TLS reads into a 256 KiB buffer it allocates (zeroed, so resident) for every
+# connection, idle ones included: a TLS record is at most 16 KiB, so this one holds two.
+_TLS_BUFFER = 32 * 1024
 _MAX_HEAD = 256 * 1024
 _READ_SIZE = 64 * 1024
 _NO_BODY = {204, 304}
@@ -88,10 +98,39 @@ def _split_query(query: str) -> list[tuple[str, str]]:
     return parse_qsl(query, keep_blank_values=True) if query else []
 
 
-class _Connection:
-    __slots__ = ("_poll", "idle_since", "reader", "reused", "writer")
+class _TLS(sslproto.SSLProtocol):
+    """asyncio's own TLS protocol, with a smaller read buffer (see _TLS_BUFFER)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    max_size = _TLS_BUFFER
+
+
+class _Stream(asyncio.StreamReaderProtocol):
+    """Keeps the transport it is handed (the TLS one), for the StreamWriter."""
+
+    transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        super().connection_made(transport)
+
+
+class _Connection:
+    __slots__ = (
+        "_poll",
+        "deadline",
+        "expired",
+        "idle_since",
+        "loop",
+        "reader",
+        "reused",
+        "timeout",
+        "timer",
+        "writer",
+    )
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
+    ) -> None:
         self.reader, self.writer = reader, writer
         self.idle_since = 0.0
         self.reused = False
@@ -99,6 +138,13 @@ class _Connection:
         self._poll = select.poll()
         if (sock := writer.get_extra_info("socket")) is not None:
             self._poll.register(sock.fileno(), select.POLLIN)
+        # Each read must end within `timeout`. One timer per exchange, moved on lazily:
+        # an asyncio.timeout per read (per stream chunk) cost more than the read itself.
+        self.loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.deadline = math.inf
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired = False
 
     def usable(self, now: float) -> bool:
         if self.reader.at_eof() or self.writer.is_closing():
@@ -116,7 +162,36 @@ class _Connection:
             return False
         return not self._poll.poll(0)
 
+    def reading(self) -> None:
+        """A read starts: it must end within `timeout`, else the connection is aborted
+        (the read then fails, and `expired` says why)."""
+        self.deadline = self.loop.time() + self.timeout
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._check)
+
+    def read(self) -> None:
+        """The read ended."""
+        self.deadline = math.inf
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.deadline == math.inf:
+            return
+        if self.loop.time() < self.deadline:  # a later read: look again then
+            self.timer = self.loop.call_at(self.deadline, self._check)
+            return
+        self.expired = True
+        self.writer.transport.abort()
+
+    def done(self) -> None:
+        """The exchange is over: no more timer (nor a reference to this from the loop)."""
+        self.deadline = math.inf
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def close(self) -> None:
+        self.done()
         self.writer.close()
 
 
@@ -205,6 +280,8 @@ class Outbound:
         self._proxy_auth = basic_auth(proxy_auth) if proxy_auth else None
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.swept = 0  # idle connections closed for their age
         self._closed = False
 
     async def send(
@@ -247,6 +324,9 @@ class Outbound:
     def close(self) -> None:
         """Close the idle connections; those in use close when their answer is done."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
@@ -285,10 +365,24 @@ class Outbound:
         host, port = target.host, target.port
         if self._resolve is not None and (to := self._resolve(host, port)) is not None:
             host, port = to
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=tls, server_hostname=sni, limit=_MAX_HEAD
-        )
-        return _Connection(reader, writer)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(host, port, limit=_MAX_HEAD)
+            return _Connection(reader, writer, self.read_timeout)
+        # asyncio.open_connection(ssl=...), with asyncio's TLS protocol made leaner (_TLS).
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_MAX_HEAD, loop=loop)
+        stream = _Stream(reader, loop=loop)
+        handshake = loop.create_future()
+        protocol = _TLS(loop, stream, tls, handshake, server_hostname=sni)
+        raw, _ = await loop.create_connection(lambda: protocol, host, port)
+        try:
+            await handshake
+        except BaseException:
+            raw.close()
+            raise
+        assert isinstance(stream.transport, asyncio.Transport)
+        writer = asyncio.StreamWriter(stream.transport, stream, reader, loop)
+        return _Connection(reader, writer, self.read_timeout)
 
     async def _tunnel(self, target: Target, tls: ssl.SSLContext | None) -> _Connection:
         proxy = self._proxy
@@ -298,7 +392,7 @@ class Outbound:
         reader, writer = await asyncio.open_connection(
             proxy.hostname, port, ssl=self._ssl if secure else None, limit=_MAX_HEAD
         )
-        conn = _Connection(reader, writer)
+        conn = _Connection(reader, writer, self.read_timeout)
         if tls is None:
             return conn  # plain http goes to the proxy in absolute form (see _head)
         try:
@@ -329,12 +423,35 @@ class Outbound:
         if self._closed:
             conn.close()
             return
+        conn.done()
         now = conn.idle_since = time.monotonic()
         idle = self._idle.setdefault((target.scheme, target.host, target.port), [])
         # The least recently used come first: drop those gone stale, or one over the cap.
         while idle and (len(idle) >= _MAX_IDLE or not idle[0].usable(now)):
             idle.pop(0).close()
         idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_later(_SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close idle connections past their time (see _WARM); look again while any are left."""
+        self._sweeper = None
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            kept = []
+            for i, conn in enumerate(idle):  # the least recently used first
+                allowed = _IDLE_SECONDS if len(idle) - i <= _WARM else _SURPLUS_SECONDS
+                if conn.usable(now) and now - conn.idle_since < allowed:
+                    kept.append(conn)
+                else:
+                    conn.close()
+                    self.swept += 1
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+        if self._idle:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
 
     # -- one exchange --------------------------------------------------------------------
 
@@ -360,14 +477,17 @@ class Outbound:
 
     async def _response(self, conn: _Connection, target: Target, method: str) -> Response:
         try:
-            async with asyncio.timeout(self.read_timeout):
-                while True:
-                    raw = await _read_head(conn.reader, stale=conn.reused)
-                    old, status, reason, head = _parse_head(raw)
-                    if not 100 <= status < 200 or status == 101:
-                        break
-        except TimeoutError:
-            raise UpstreamTimeout(f"{target.host} did not answer in time") from None
+            while True:
+                conn.reading()
+                raw = await _read_head(conn.reader, stale=conn.reused)
+                conn.read()
+                old, status, reason, head = _parse_head(raw)
+                if not 100 <= status < 200 or status == 101:
+                    break
+        except (UpstreamError, _Stale):
+            if conn.expired:
+                raise UpstreamTimeout(f"{target.host} did not answer in time") from None
+            raise
         connection = ",".join(v for k, v in head.headers if k.lower() == "connection").lower()
         # HTTP/1.0 closes unless it says keep-alive; HTTP/1.1 keeps alive unless it says close.
         # An answer with both Transfer-Encoding and Content-Length is read as chunked (RFC 9112
@@ -400,11 +520,11 @@ class Outbound:
             try:
                 async for chunk in body:
                     yield chunk
-            except TimeoutError:
-                raise UpstreamTimeout(f"{target.host} stopped sending") from None
             except http1.Malformed as exc:
                 raise UpstreamError(f"{target.host} sent a malformed answer: {exc}") from None
             except _BROKEN as exc:
+                if conn.expired:
+                    raise UpstreamTimeout(f"{target.host} stopped sending") from None
                 raise UpstreamError(f"{target.host} broke off the answer ({_why(exc)})") from None
             done()
             if closes:
@@ -424,8 +544,9 @@ class Outbound:
     async def _sized(self, conn: _Connection, length: int) -> AsyncIterator[bytes]:
         left = length
         while left > 0:
-            async with asyncio.timeout(self.read_timeout):
-                chunk = await conn.reader.read(min(left, _READ_SIZE))
+            conn.reading()
+            chunk = await conn.reader.read(min(left, _READ_SIZE))
+            conn.read()
             if not chunk:
                 raise asyncio.IncompleteReadError(b"", left)
             left -= len(chunk)
@@ -434,22 +555,27 @@ class Outbound:
     async def _chunked(self, conn: _Connection) -> AsyncIterator[bytes]:
         reader = conn.reader
         while True:
-            async with asyncio.timeout(self.read_timeout):
-                size = http1.chunk_size(await reader.readuntil(b"\r\n"))
-                if size == 0:
-                    while await reader.readuntil(b"\r\n") != b"\r\n":
-                        pass  # trailers
-                    return
-                data = await reader.readexactly(size + 2)
+            conn.reading()
+            size = http1.chunk_size(await reader.readuntil(b"\r\n"))
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":
+                    pass  # trailers
+                conn.read()
+                return
+            data = await reader.readexactly(size + 2)
+            conn.read()
             if data[-2:] != b"\r\n":
                 raise http1.Malformed("a chunk longer than its size")
             yield data[:-2]
 
     async def _until_close(self, conn: _Connection) -> AsyncIterator[bytes]:
         while True:
-            async with asyncio.timeout(self.read_timeout):
-                chunk = await conn.reader.read(_READ_SIZE)
+            conn.reading()
+            chunk = await conn.reader.read(_READ_SIZE)
+            conn.read()
             if not chunk:
+                if conn.expired:  # aborted: not the end of the answer
+                    raise asyncio.IncompleteReadError(b"", None)
                 return
             yield chunk
 

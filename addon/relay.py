@@ -1,11 +1,12 @@
-"""The loopback relay that carries every injected request upstream.
+"""The loopback relay that carries every injected stream back to mitmproxy.
 
-mitmproxy cannot re-send a flow or stream a body an addon produces, so a request
-that needs a token is pointed at this relay (a small HTTP/1.1 server on 127.0.0.1
-that only mitmproxy talks to, with one-shot tickets). `dispatch` adds the token,
-calls the provider (`outbound`), rotates to the next bucket on 429 and refreshes
-once on 401; the relay streams the winning response back chunk by chunk — also after
-a retry. The token never enters mitmproxy's flow, so no view, dump or log can show it.
+`dispatch` adds the token, calls the provider (`outbound`), rotates to the next bucket on
+429 and refreshes once on 401; `Relay.reply` turns its answer into a `Whole` (small and
+sized, or an error: read whole, redacted) or a `Stream`. The addon's request hook answers a
+`Whole` itself. mitmproxy cannot stream a body an addon produces, so for a `Stream` the flow
+is pointed at this relay (a small HTTP/1.1 server on 127.0.0.1 that only mitmproxy talks to,
+with one-shot tickets), which passes it on chunk by chunk — also after a retry. The token
+never enters mitmproxy's flow, so no view, dump or log can show it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from login import http1
@@ -25,7 +27,7 @@ from login.errors import KeyswapError
 from login.providers.streams import Reshaper
 
 from .dispatch import Answer, Dispatch, Job, decoded, describe, error_answer
-from .outbound import UpstreamError
+from .outbound import Response, UpstreamError
 from .redactor import Redactor
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,40 @@ TICKET_HEADER = "x-keyswap-ticket"
 _BUFFERED = 1 << 20
 
 
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """An answer sent in one piece: its headers redacted and its length as it is now (for
+    an answer to HEAD, or a 204/304, the provider's), its body redacted."""
+
+    status: int
+    reason: str  # "" for the standard phrase
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """An answer passed on as it arrives, chunked; only the relay's server can send it.
+    `body` is not yet redacted: `redactor` does that chunk by chunk."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    redactor: Redactor
+    upstream: Response
+
+    def close(self) -> None:
+        self.upstream.aclose()
+
+
 class Relay:
     """The loopback server mitmproxy hands ticketed requests to; `dispatch` answers them."""
 
     def __init__(self, dispatch: Dispatch | None) -> None:
         self.dispatch = dispatch
-        self._jobs: dict[str, Job] = {}
+        # A ticket's job, and its answer when the addon already has it (a stream).
+        self._jobs: dict[str, tuple[Job, Stream | None]] = {}
         self._secret = secrets.token_urlsafe(24)
         self._serial = itertools.count()
         self._server: asyncio.Task[asyncio.Server] | None = None
@@ -69,30 +99,63 @@ class Relay:
             else:
                 server.cancel()
 
-    def submit(self, job: Job) -> str:
+    def submit(self, job: Job, stream: Stream | None = None) -> str:
+        """A ticket for `job`, to be answered with `stream` (else the relay asks dispatch)."""
         self._expire()
         # Unguessable without the secret prefix, and no system call per request.
         ticket = f"{self._secret}{next(self._serial)}"
-        self._jobs[ticket] = job
+        self._jobs[ticket] = (job, stream)
         return ticket
 
-    def take(self, ticket: str) -> Job | None:
+    def take(self, ticket: str) -> tuple[Job, Stream | None] | None:
         return self._jobs.pop(ticket, None)
 
     def drop(self, ticket: str) -> None:
-        self._jobs.pop(ticket, None)
+        """The flow ended without reaching the relay: a stream waiting there is closed."""
+        if (entry := self._jobs.pop(ticket, None)) is not None and entry[1] is not None:
+            entry[1].close()
 
     def _expire(self) -> None:
         """Tickets whose flow died before reaching the relay must not pile up."""
         if len(self._jobs) < 256:
             return
         old = time.monotonic() - 300
-        for ticket in [t for t, j in self._jobs.items() if j.created < old]:
-            del self._jobs[ticket]
+        for ticket in [t for t, (j, _) in self._jobs.items() if j.created < old]:
+            self.drop(ticket)
 
     async def run(self, job: Job) -> Answer:
         assert self.dispatch is not None
         return await self.dispatch.run(job)
+
+    async def reply(self, job: Job, head_only: bool) -> Whole | Stream:
+        """The answer to `job`: `Whole` when it is small and sized, an error, or bodiless;
+        else a `Stream`. A failure on the way is an error in the API's shape. Cancelling
+        this closes the upstream connection."""
+        try:
+            answer = await self.run(job)
+        except (UpstreamError, KeyswapError) as exc:
+            answer = error_answer(job.route.dialect, 502, describe(exc, job))
+        except Exception:
+            log.exception("keyswap: internal error while relaying to %s", job.provider.name)
+            answer = error_answer(job.route.dialect, 500, "internal error; see the proxy's log")
+        reply: Whole | Stream
+        try:
+            reply = await settle(answer, Redactor(job.sent), head_only)
+        except UpstreamError as exc:
+            # The provider broke off before a byte went to the client: an error it can read.
+            log.warning("keyswap: %s stream broke off (%s)", job.provider.name, type(exc).__name__)
+            reply = _error(job, 502, describe(exc, job))
+        except Exception:
+            log.exception("keyswap: internal error while answering for %s", job.provider.name)
+            reply = _error(job, 500, "internal error; see the proxy's log")
+        except BaseException:
+            if answer.upstream is not None:
+                answer.upstream.aclose()
+            raise
+        # A stream stays open for the relay's server; anything else is done with.
+        if answer.upstream is not None and not isinstance(reply, Stream):
+            answer.upstream.aclose()
+        return reply
 
 
 class _RelayConnection(asyncio.Protocol):
@@ -174,9 +237,12 @@ class _RelayConnection(asyncio.Protocol):
         ticket = found[1].decode("ascii") if found else ""  # before the buffer it views goes
         self.buffer.clear()
         self.busy = True  # nothing more is read from this connection
-        job = self.relay.take(ticket) if ticket else None
+        taken = self.relay.take(ticket) if ticket else None
         headers, body = [("connection", "close")], b""
-        if job is not None:
+        if taken is not None:
+            job, stream = taken
+            if stream is not None:
+                stream.close()
             answer = error_answer(job.route.dialect, 400, f"a malformed request: {why}")
             headers, body = [*answer.headers, *headers], answer.body
         self._send(_head(400, "Bad Request", [*headers, ("content-length", str(len(body)))]) + body)
@@ -184,100 +250,57 @@ class _RelayConnection(asyncio.Protocol):
 
     async def _serve(self, method: str, ticket: str) -> None:
         try:
-            job = self.relay.take(ticket)
-            if job is None:
+            taken = self.relay.take(ticket)
+            if taken is None:
                 self._send(_head(403, "Forbidden", [("content-length", "0")]))
                 return
-            await self._relay(job, method == "HEAD")
+            await self._relay(*taken, method == "HEAD")
         finally:
             self.busy = False
             self.task = None
             if self.buffer and not self.closed:
                 self._next()
 
-    async def _relay(self, job: Job, head_only: bool) -> None:
-        answer: Answer | None = None
+    async def _relay(self, job: Job, reply: Whole | Stream | None, head_only: bool) -> None:
+        """Send the answer to `job`: `reply` when the addon already has it, else asked for."""
         self.wrote = False
         try:
-            try:
-                answer = await self.relay.run(job)
-            except (UpstreamError, KeyswapError) as exc:
-                answer = error_answer(job.route.dialect, 502, describe(exc, job))
-            except asyncio.CancelledError:
-                return
-            except Exception:
-                log.exception("keyswap: internal error while relaying to %s", job.provider.name)
-                answer = error_answer(job.route.dialect, 500, "internal error; see the proxy's log")
-            await self._write(answer, head_only, Redactor(job.sent))
+            if reply is None:
+                reply = await self.relay.reply(job, head_only)
+            if isinstance(reply, Whole):
+                self._send(wire(reply, head_only))
+            else:
+                await self._stream(reply)
         except asyncio.CancelledError:
             pass
         except UpstreamError as exc:
             # The provider broke off mid-body: end the client's stream abruptly too, so the
             # client sees an incomplete answer rather than a clean, truncated one.
             log.warning("keyswap: %s stream broke off (%s)", job.provider.name, type(exc).__name__)
-            if self.wrote:
-                self._close()  # no final chunk: visibly incomplete
-            else:
-                answer_error = error_answer(job.route.dialect, 502, describe(exc, job))
-                await self._write(answer_error, head_only, Redactor(job.sent))
+            self._broken(job, 502, describe(exc, job), head_only)
         except Exception:
             log.exception("keyswap: internal error while answering for %s", job.provider.name)
-            if self.wrote:
-                self._close()
-            else:
-                answer_error = error_answer(
-                    job.route.dialect, 500, "internal error; see the proxy's log"
-                )
-                await self._write(answer_error, head_only, Redactor(job.sent))
+            self._broken(job, 500, "internal error; see the proxy's log", head_only)
         finally:
-            if answer is not None and answer.upstream is not None:
-                answer.upstream.aclose()
+            if isinstance(reply, Stream):
+                reply.close()
 
-    async def _write(self, answer: Answer, head_only: bool, redactor: Redactor) -> None:
-        """Send `answer`, with every token sent for it taken out of its headers and body."""
-        status, headers = answer.status, redactor.headers(answer.headers)
-        upstream = answer.upstream
-        if upstream is None:
-            self._whole(status, "", headers, redactor.whole(answer.body), head_only)
-            return
-        reason = upstream.reason
-        if head_only or status in (204, 304):
-            self._send(_head(status, reason, headers))
-            return
-        reshaper = answer.reshaper
-        body = upstream.aiter_raw()
-        if reshaper is None and (status >= 400 or _sized(headers)):
-            chunks, complete = await _gather(body, _BUFFERED)
-            if complete:
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                if status >= 400:
-                    data, headers = decoded(data, headers)
-                self._whole(status, reason, headers, redactor.whole(data), False)
-                return
-            # Too large to hold: it streams, and a redacted body no longer has its length.
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            body = _chain(chunks, body)
-        elif reshaper is not None:
-            body = _reshaped(reshaper, upstream.aiter_decoded(), answer.watch)
-            answer.watch = None
-        # A stream: its head goes at once, whenever the first event comes.
-        self._send(_head(status, reason, [*headers, _CHUNKED]))
-        watch = answer.watch
-        async for chunk in body:
-            if watch is not None:
-                watch(chunk)
+    def _broken(self, job: Job, status: int, message: str, head_only: bool) -> None:
+        if self.wrote:
+            self._close()  # no final chunk: visibly incomplete
+        else:
+            self._send(wire(_error(job, status, message), head_only))
+
+    async def _stream(self, stream: Stream) -> None:
+        """A stream's head goes at once, whenever the first event comes; then each chunk,
+        with every token sent for it taken out."""
+        redactor = stream.redactor
+        self._send(_head(stream.status, stream.reason, stream.headers))
+        async for chunk in stream.body:
             if out := redactor.feed(chunk):
                 await self._pass(_chunk(out))
         out = redactor.end()
         self._send((_chunk(out) if out else b"") + b"0\r\n\r\n")
-
-    def _whole(
-        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, head_only: bool
-    ) -> None:
-        """A complete answer in one write, its length as it is now (redaction changes it)."""
-        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        headers.append(("content-length", str(len(body))))
-        self._send(_head(status, reason, headers) + (b"" if head_only else body))
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -294,6 +317,55 @@ class _RelayConnection(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+async def settle(answer: Answer, redactor: Redactor, head_only: bool) -> Whole | Stream:
+    """`answer` as the client gets it, with every token `redactor` knows taken out: read
+    whole if it is an error or sized (up to _BUFFERED; the client cannot tell, mitmproxy
+    buffers sized answers anyway), else a stream. UpstreamError if it breaks off first."""
+    status, headers = answer.status, redactor.headers(answer.headers)
+    upstream = answer.upstream
+    if upstream is None:
+        return _whole(status, "", headers, redactor.whole(answer.body))
+    reason = upstream.reason
+    if head_only or status in (204, 304):
+        return Whole(status, reason, headers, b"")
+    reshaper = answer.reshaper
+    body = upstream.aiter_raw()
+    if reshaper is None and (status >= 400 or _sized(headers)):
+        chunks, complete = await _gather(body, _BUFFERED)
+        if complete:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if status >= 400:
+                data, headers = decoded(data, headers)
+            return _whole(status, reason, headers, redactor.whole(data))
+        # Too large to hold: it streams, and a redacted body no longer has its length.
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        body = _chain(chunks, body)
+    elif reshaper is not None:
+        body = _reshaped(reshaper, upstream.aiter_decoded(), answer.watch)
+    elif answer.watch is not None:
+        body = _watched(body, answer.watch)
+    return Stream(status, reason, [*headers, _CHUNKED], body, redactor, upstream)
+
+
+def wire(whole: Whole, head_only: bool) -> bytes:
+    """`whole` as HTTP/1.1, in one piece."""
+    return _head(whole.status, whole.reason, whole.headers) + (b"" if head_only else whole.body)
+
+
+def _whole(status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> Whole:
+    """A complete answer, its length as it is now (redaction changes it)."""
+    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    headers.append(("content-length", str(len(body))))
+    return Whole(status, reason, headers, body)
+
+
+def _error(job: Job, status: int, message: str) -> Whole:
+    """keyswap's own error for `job`, redacted like anything else sent for it."""
+    answer = error_answer(job.route.dialect, status, message)
+    redactor = Redactor(job.sent)
+    return _whole(status, "", redactor.headers(answer.headers), redactor.whole(answer.body))
 
 
 class _NotOurs(Exception):
@@ -363,6 +435,14 @@ async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterato
     for chunk in first:
         yield chunk
     async for chunk in rest:
+        yield chunk
+
+
+async def _watched(
+    body: AsyncIterator[bytes], watch: Callable[[bytes], None]
+) -> AsyncIterator[bytes]:
+    async for chunk in body:
+        watch(chunk)
         yield chunk
 
 

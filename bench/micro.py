@@ -243,8 +243,9 @@ async def keyswap_relay_server() -> float:
 
     class Fixed(Relay):
         def take(self, ticket: str) -> Any:
-            # What the retry loop leaves on a job: the token it sent, kept out of the answer.
-            return SimpleNamespace(sent=[_TOKEN])
+            # What the retry loop leaves on a job: the token it sent, kept out of the answer;
+            # no answer yet, so the relay asks for one.
+            return SimpleNamespace(sent=[_TOKEN]), None
 
         async def run(self, job: Any) -> Answer:
             headers = [("content-type", "application/json")]
@@ -424,7 +425,7 @@ def mem_hand_client(answer: bytes) -> Step:
     out = Outbound(ssl.create_default_context())
     to = To.of(f"https://{HOST}", "/v1/messages")
     reader = asyncio.StreamReader(limit=_MAX_HEAD)
-    conn = _Connection(reader, _NoWriter())  # type: ignore[arg-type]
+    conn = _Connection(reader, _NoWriter(), 600.0)  # type: ignore[arg-type]
 
     async def one() -> None:
         out._head("POST", to, _CLIENT_HEADERS, _POST_BODY)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .load import Clients, Target
@@ -19,9 +19,9 @@ from .procs import Proxy
 
 # First match wins, tested against the whole stack (root to leaf).
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("keyswap relay: client to the provider (addon/outbound.py)", ("addon/outbound.py",)),
-    ("keyswap relay: retry loop and server for mitmproxy (addon/relay.py)", ("addon/relay.py",)),
-    ("keyswap addon code (addon/, login/)", ("addon/", "login/")),
+    ("keyswap: client to the provider (addon/outbound.py)", ("addon/outbound.py",)),
+    ("keyswap: answers, retry loop, stream relay (addon/relay.py)", ("addon/relay.py",)),
+    ("keyswap: request hook and the rest (addon/, login/)", ("addon/", "login/")),
     ("mitmproxy: flow printing and logging", ("addons/dumper.py", "addons/termlog.py", "logging/")),
     ("mitmproxy: TLS (pyOpenSSL)", ("OpenSSL/",)),
     ("mitmproxy: addon hook dispatch", ("addonmanager.py",)),
@@ -89,14 +89,21 @@ def summarise(name: str, raw: Path, requests: int, cpu_ms: float) -> Profile:
 
 
 def profile(
-    clients: Clients, proxy: Proxy, target: Target, workdir: Path, seconds: float = 6.0
+    clients: Clients,
+    proxy: Proxy,
+    target: Target,
+    workdir: Path,
+    seconds: float = 6.0,
+    streams: int = 0,
 ) -> Profile:
-    """Load `proxy` with keep-alive JSON at concurrency 8 while py-spy samples it."""
+    """Load `proxy` with keep-alive JSON at concurrency 8 for `seconds` (or, with `streams`,
+    that many one-event SSE streams on each of 8 connections) while py-spy samples it."""
     exe = py_spy()
     if exe is None:
         raise SystemExit("py-spy not found: .venv/bin/pip install py-spy")
     rate = 250
-    raw = workdir / f"{proxy.name}.pyspy.txt"
+    name = f"{proxy.name}, SSE" if streams else proxy.name
+    raw = workdir / f"{name.replace(', ', '-')}.pyspy.txt"
     argv = [exe, "record", "--pid", str(proxy.pid), "--duration", str(int(seconds) + 2)]
     argv += ["--rate", str(rate), "--format", "raw", "--output", str(raw)]
     spy = subprocess.Popen(
@@ -106,9 +113,12 @@ def profile(
     )
     time.sleep(1.0)  # py-spy attaches
     before: list[float] = []
-    jobs = clients.split("json", target, 8, duration=seconds)
+    if streams:
+        jobs = [replace(j, count=streams, events=1) for j in clients.split("sse", target, 8)]
+    else:
+        jobs = clients.split("json", target, 8, duration=seconds)
     result = clients.run(jobs, lambda: before.append(proxy.cpu_seconds()))
     cpu_ms = (proxy.cpu_seconds() - before[0]) / max(1, result.sent) * 1000
     spy.wait(timeout=60)
     # The whole load ran inside the sampled span.
-    return summarise(proxy.name, raw, result.sent, cpu_ms)
+    return summarise(name, raw, result.sent, cpu_ms)

@@ -4,10 +4,11 @@ here runs one kind of measurement through it and returns plain numbers for the r
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trustme
@@ -172,6 +173,8 @@ class Streams:
     ttfb: list[float]
     gaps: list[float]
     errors: int
+    cpu: float = 0.0  # proxy CPU seconds while they ran (0 for no proxy)
+    count: int = 0  # streams answered
 
     @property
     def ttfb_p50(self) -> float:
@@ -185,12 +188,16 @@ class Streams:
     def gap_p99(self) -> float:
         return percentile(self.gaps, 99) * 1000
 
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu / self.count * 1000 if self.count else float("nan")
+
 
 def sse(lab: Lab, name: str, streams: int, events: int, gap_ms: int = 50) -> Streams:
     """`streams` SSE responses one after another on one keep-alive connection."""
     job = Job("sse", lab.targets[name], count=streams, events=events, gap_ms=gap_ms)
-    r = lab.clients.run([job])
-    return Streams(r.ttfb, r.gaps, sum(r.errors.values()))
+    r, cpu = lab.run([job], lab.proxies.get(name))
+    return Streams(r.ttfb, r.gaps, sum(r.errors.values()), cpu, r.sent)
 
 
 def round_trip_429(lab: Lab, count: int) -> float:
@@ -309,6 +316,89 @@ def memory(
         readings.append({n: lab.proxies[n].rss() for n in names})
     warm, half, after = readings
     return {n: Memory(warm[n], half[n], after[n], sent[n], errors[n]) for n in names}
+
+
+# -- 4b. memory per concurrent connection, and after a burst ---------------------------------
+
+
+@dataclass
+class Concurrent:
+    """RSS of one proxy around `connections` SSE streams held open at once."""
+
+    connections: int
+    idle: int  # bytes, just before the clients connected
+    peak: int  # the highest reading while the streams were open
+    streams: int  # streams that completed with every event
+    errors: int
+
+    @property
+    def per_connection(self) -> float:
+        """Bytes each open stream (client connection and all it holds) added."""
+        return (self.peak - self.idle) / self.connections
+
+
+def concurrent_streams(
+    lab: Lab, name: str, connections: int, events: int = 5, gap_ms: int = 800
+) -> Concurrent:
+    """`connections` SSE streams through proxy `name`, all started at one instant and each
+    held open for (events - 1) × gap_ms, while its RSS is read every 20 ms. The first time a
+    proxy sees that many connections, so whatever they make (pools, buffers) is counted."""
+    proxy = lab.proxies[name]
+    idle = proxy.rss()
+    peak = [idle]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], proxy.rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        jobs = [
+            replace(j, count=1, events=events, gap_ms=gap_ms)
+            for j in lab.clients.split("sse", lab.targets[name], connections)
+        ]
+        r = lab.clients.run(jobs)
+    finally:
+        stop.set()
+        sampler.join()
+    complete = r.statuses.get(200, 0) - sum(
+        n for e, n in r.errors.items() if e.startswith("stream:")
+    )
+    return Concurrent(connections, idle, peak[0], complete, sum(r.errors.values()))
+
+
+@dataclass
+class Settling:
+    """RSS of one proxy before a burst, at its height, and in the minute after."""
+
+    warm: int  # bytes, after warm-up, before the burst
+    burst: Concurrent
+    after: list[tuple[float, int]]  # (seconds after the burst ended, bytes)
+
+    @property
+    def last(self) -> int:
+        return self.after[-1][1]
+
+
+def settling(
+    lab: Lab, names: list[str], connections: int, seconds: float, every: float = 10.0
+) -> dict[str, Settling]:
+    """A burst of `connections` concurrent streams through each proxy in turn, then its RSS
+    every `every` seconds until `seconds` after its own burst, nothing else sent to it."""
+    warm = {n: lab.proxies[n].rss() for n in names}
+    bursts: dict[str, Concurrent] = {}
+    ended: dict[str, float] = {}
+    for n in names:
+        bursts[n] = concurrent_streams(lab, n, connections)
+        ended[n] = time.monotonic()
+    after: dict[str, list[tuple[float, int]]] = {n: [] for n in names}
+    steps = range(1, int(seconds / every) + 1)
+    for at, n in sorted((ended[n] + k * every, n) for n in names for k in steps):
+        time.sleep(max(0.0, at - time.monotonic()))
+        after[n].append((time.monotonic() - ended[n], lab.proxies[n].rss()))
+    return {n: Settling(warm[n], bursts[n], after[n]) for n in names}
 
 
 # -- 5. new connections ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from bench.load import Job
 from bench.procs import Proxy
-from bench.scenarios import Lab, stampede
+from bench.scenarios import Lab, settling, stampede
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +69,15 @@ def test_scheduling_rows_run(monkeypatch: pytest.MonkeyPatch) -> None:
     table = dict(scheduling.rows())
     assert len(table) == 6
     assert table["affinity map after 30,000 conversations: entries kept"] == "20,000"
+
+
+def test_concurrent_streams_and_the_settling_after_a_burst_are_measured(lab: Lab) -> None:
+    """`--burst`'s harness at a small scale: every stream completes while RSS is read."""
+    proxy = _keyswap(lab, "burst", {"default": "ok"})
+    lab.target("burst", proxy, "oauth:anthropic")
+    settled = settling(lab, ["burst"], connections=6, seconds=0.2, every=0.1)["burst"]
+    burst = settled.burst
+    assert (burst.connections, burst.streams, burst.errors) == (6, 6, 0), burst
+    assert burst.peak >= burst.idle > 0 and settled.warm > 0
+    assert [round(t, 1) >= 0.1 for t, _ in settled.after] == [True, True]
+    assert all(rss > 0 for _, rss in settled.after)

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import trustme
 
-from addon.outbound import Outbound, Target, UpstreamError
+from addon import outbound
+from addon.outbound import Outbound, Target, UpstreamError, UpstreamTimeout
 from tests.connect_proxy import ConnectProxy
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -356,3 +357,119 @@ def test_a_post_on_a_connection_the_server_already_closed_goes_on_a_new_one() ->
 
     run(main())
     listener.close()
+
+
+# -- issue 14.7: one read timer per exchange, a leaner TLS, a pool that shrinks after a burst --
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"", "did not answer in time"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", "stopped sending"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n", "stopped sending"),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhalf", "stopped sending"),
+    ],
+)
+def test_a_provider_that_stops_answering_or_sending_times_out(answer: bytes, why: str) -> None:
+    """Each read must end within read_timeout: a head that never comes, and a body that
+    stops (sized, chunked or until close), is an UpstreamTimeout, never a clean end."""
+
+    async def main() -> None:
+        server: Scripted
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(answer)
+            await reader.read()  # and nothing more, until the client gives up
+
+        async with Scripted(handler) as server:
+            out = Outbound(ssl.create_default_context(), read_timeout=0.2)
+            with pytest.raises(UpstreamTimeout, match=why):
+                await body_of(out, server.target())
+            assert not out._idle, "a connection that timed out is not pooled"
+
+    run(main())
+
+
+def test_time_spent_not_reading_is_not_the_providers() -> None:
+    """Only reads are timed: a consumer slower than read_timeout between chunks (a client
+    reading slowly) does not end a stream the provider sent in time."""
+
+    async def main() -> None:
+        server: Scripted
+        chunks = b"".join(b"1\r\n%d\r\n" % i for i in range(3)) + b"0\r\n\r\n"
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+            await reader.read()
+
+        async with Scripted(handler) as server:
+            out = Outbound(ssl.create_default_context(), read_timeout=0.1)
+            resp = await out.send("GET", server.target(), [], b"")
+            got = []
+            async for chunk in resp.aiter_raw():
+                got.append(chunk)
+                await asyncio.sleep(0.25)
+            assert got == [b"0", b"1", b"2"]
+
+    run(main())
+
+
+def test_tls_carries_a_body_larger_than_its_read_buffer() -> None:
+    ca = trustme.CA()
+    big = bytes(range(256)) * 2048  # 512 KiB, many times the TLS read buffer
+
+    async def main() -> None:
+        server: Scripted
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for _ in range(2):
+                await server.read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(big), big))
+            await reader.read()
+
+        async with Scripted(handler, _tls_server(ca, "api.example.test")) as server:
+            here = ("127.0.0.1", server.port)
+            out = Outbound(_trusting(ca), resolve=lambda h, p: here)
+            target = Target.of("https://api.example.test", "/v1/x")
+            for _ in range(2):  # and the connection is kept alive
+                assert await body_of(out, target) == (200, big)
+            assert server.connections == 1
+            out.close()
+
+    run(main())
+
+
+def test_idle_connections_a_burst_left_close_soon_and_a_few_stay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a burst, the pool keeps the _WARM most recently used connections and closes
+    the rest after _SURPLUS_SECONDS, by itself (no request needs to come)."""
+    monkeypatch.setattr(outbound, "_WARM", 2)
+    monkeypatch.setattr(outbound, "_SURPLUS_SECONDS", 0.2)
+    monkeypatch.setattr(outbound, "_SWEEP_SECONDS", 0.05)
+
+    async def main() -> None:
+        server: Scripted
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:  # until the client closes (read_request fails then)
+                await server.read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        async with Scripted(handler) as server:
+            out = plain()
+            answers = await asyncio.gather(*(body_of(out, server.target()) for _ in range(5)))
+            assert answers == [(200, b"ok")] * 5 and server.connections == 5
+            for _ in range(100):
+                if out.swept == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert out.swept == 3 and [len(c) for c in out._idle.values()] == [2]
+            assert await body_of(out, server.target()) == (200, b"ok")
+            assert server.connections == 5, "a warm one served the next request"
+            out.close()
+
+    run(main())

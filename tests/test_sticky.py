@@ -156,7 +156,8 @@ def test_a_spent_copilot_allowance_moves_the_request_and_rests_until_its_reset(
 ) -> None:
     from tests.test_manage import copilot_chat
 
-    s.configure('[providers.copilot]\nbuckets = ["a", "b"]\n')
+    # failover: a first, whatever the polled allowances say when the request comes
+    s.configure('[providers.copilot]\nstrategy = "failover"\nbuckets = ["a", "b"]\n')
     tokens = {b: s.login_copilot(b) for b in ("a", "b")}
     s.api.exhaust_quota("copilot", token=tokens["a"])
     with s.proxy() as proxy:
