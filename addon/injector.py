@@ -14,6 +14,7 @@ memory back after a burst (`memory`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import gc
 import logging
@@ -57,6 +58,8 @@ for _name in ("httpx", "httpcore", "h11", "hpack"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 _POLL_SECONDS = 1.0
+# How long a request that arrives as the proxy starts waits for the logins to be listed.
+_LISTING_WAIT = 10.0
 # Served counters alone are saved this often; rests and quotas at once.
 STATE_EVERY = 30.0
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -88,6 +91,7 @@ class Injector:
         self._state = quota.state_path(data_dir())
         self._saved_mark, self._saved_at = (0, 0), 0.0
         self._polled: dict[tuple[str, str], float] = {}
+        self._listed = asyncio.Event()  # the store's logins have been listed once
         self._polls: set[asyncio.Future[None]] = set()
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -184,6 +188,7 @@ class Injector:
                     prov, _, bucket = name.partition(":")
                     found.setdefault(prov, []).append(bucket)
                 self.buckets = found
+                self._listed.set()
                 problem = None
                 await self._refresh_resting(found)
                 self._poll_usage(found)
@@ -193,6 +198,7 @@ class Injector:
                 if str(exc) != problem:  # once per distinct problem, not every second
                     problem = str(exc)
                     log.warning("keyswap: cannot read the token store: %s", exc)
+                self._listed.set()  # requests go on without the list (and say so)
             # After a burst, what its connections held goes back to the system.
             sender = self.dispatch.sender
             self._settler.tick(
@@ -274,6 +280,10 @@ class Injector:
             return
         placeholder.redact(flow.request, found)
         req = flow.request
+        if self._task is not None and not self._listed.is_set():
+            # Just started: which buckets are logged in is being read from the store.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listed.wait(), _LISTING_WAIT)
         try:
             job = self.admission.admit(req, is_loopback_client(flow), found)
             if isinstance(job, Refusal):
