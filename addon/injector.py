@@ -35,6 +35,7 @@ from login.net import make_client, ssl_context
 from login.providers import PROVIDERS
 from login.store.paths import data_dir
 from login.tokens import TokenService
+from login.usage import state_path
 
 from . import placeholder, quota
 from .admission import Admission, Refusal, dialect_for, is_loopback_client
@@ -88,7 +89,7 @@ class Injector:
             self.affinity,
             self.quota,
         )
-        self._state = quota.state_path(data_dir())
+        self._state = state_path(data_dir())
         self._saved_mark, self._saved_at = (0, 0), 0.0
         self._polled: dict[tuple[str, str], float] = {}
         self._listed = asyncio.Event()  # the store's logins have been listed once

@@ -13,18 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from login.providers.usage import Window
-from login.store.paths import private_dir, read_private, write_private
+from login.store.paths import private_dir, write_private
+from login.usage import UnreadableState, read_state
 
 from .rotation import Rotation
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
 _VERSION = 1
 
 
@@ -104,10 +105,6 @@ class Quota:
 # -- the state file: cooldowns, counters and quotas, shared with `python -m login status` -----
 
 
-def state_path(data: Path) -> Path:
-    return data / STATE_FILE
-
-
 def dump(quota: Quota, rotation: Rotation) -> bytes:
     now = time.time()
     buckets: dict[str, dict[str, Any]] = {}
@@ -134,17 +131,15 @@ def save(path: Path, quota: Quota, rotation: Rotation) -> None:
     write_private(path, dump(quota, rotation))
 
 
-def read(path: Path) -> dict[str, dict[str, Any]]:
-    """The saved buckets, by "provider:bucket"; {} when there is no (readable) state."""
+def read(path: Path) -> Mapping[str, Mapping[str, Any]]:
+    """The saved buckets, by "provider:bucket"; {} when there is no (usable) state. Read as
+    `python -m login status` reads it, so a file open to others is refused here too."""
     try:
-        data = json.loads(read_private(path))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
+        _, buckets = read_state(path)
+    except UnreadableState as exc:
         log.warning("keyswap: ignoring the saved state %s: %s", path, exc)
         return {}
-    buckets = data.get("buckets") if isinstance(data, dict) else None
-    return buckets if isinstance(buckets, dict) else {}
+    return buckets
 
 
 def restore(path: Path, quota: Quota, rotation: Rotation) -> None:
@@ -152,7 +147,7 @@ def restore(path: Path, quota: Quota, rotation: Rotation) -> None:
     now = time.time()
     for name, saved in read(path).items():
         provider, _, bucket = name.partition(":")
-        if not bucket or not isinstance(saved, dict):
+        if not bucket or not isinstance(saved, Mapping):
             continue
         try:
             account = quota.account(provider, bucket)

@@ -18,7 +18,7 @@ from typing import Any
 from .errors import KeyswapError
 from .store.paths import data_dir, read_private
 
-STATE_FILE = "state.json"  # the same name as addon/quota.py's (a test keeps them together)
+STATE_FILE = "state.json"  # written by the proxy (addon/quota.py), read by both
 
 
 class UnreadableState(Exception):

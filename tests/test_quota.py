@@ -10,11 +10,12 @@ from pathlib import Path
 from addon import quota
 from addon.quota import Quota
 from addon.rotation import Rotation
+from login import usage
 from login.providers.usage import Window
 
 
 def test_cooldowns_quotas_and_counters_survive_a_restart(tmp_path: Path) -> None:
-    path = quota.state_path(tmp_path / "keyswap")
+    path = usage.state_path(tmp_path / "keyswap")
     q, rotation = Quota(), Rotation()
     resets = time.time() + 3600
     q.observe("anthropic", "a", [Window("5h", 0.97, resets, 300, "allowed_warning")])
@@ -40,7 +41,7 @@ def test_cooldowns_quotas_and_counters_survive_a_restart(tmp_path: Path) -> None
 
 
 def test_a_damaged_or_foreign_state_file_is_ignored(tmp_path: Path) -> None:
-    path = quota.state_path(tmp_path / "keyswap")
+    path = usage.state_path(tmp_path / "keyswap")
     path.parent.mkdir(mode=0o700)
     for text in (b"{not json", b"[]", b'{"buckets": {"x:y": {"windows": [{"bad": 1}]}}}'):
         path.write_bytes(text)
@@ -49,3 +50,13 @@ def test_a_damaged_or_foreign_state_file_is_ignored(tmp_path: Path) -> None:
         quota.restore(path, q, rotation)
         assert q.accounts == {} and rotation.cooling() == []
     quota.restore(tmp_path / "missing" / "state.json", Quota(), Rotation())
+    # A file others could have written is refused as `login status` refuses it, not a crash.
+    q, rotation = Quota(), Rotation()
+    quota.save(path, q, rotation)
+    path.chmod(0o644)
+    rotation.cool("anthropic", "a", 60)
+    quota.save(path.with_name("good.json"), q, rotation)
+    path.write_bytes(path.with_name("good.json").read_bytes())
+    path.chmod(0o644)
+    quota.restore(path, q, later := Rotation())
+    assert later.cooling() == []

@@ -204,12 +204,11 @@ def test_the_cli_reads_the_file_the_proxy_writes(tmp_path: Any) -> None:
     from addon.rotation import Rotation
     from login.providers.usage import Window
 
-    assert usage.state_path(tmp_path) == quota.state_path(tmp_path)
     q, rotation = quota.Quota(), Rotation()
     q.observe("anthropic", "a", [Window("5h", 0.5, time.time() + 600, 300, "allowed")])
     rotation.cool("anthropic", "a", 120)
     rotation.served["anthropic", "a"] += 4
-    quota.save(quota.state_path(tmp_path), q, rotation)
+    quota.save(usage.state_path(tmp_path), q, rotation)
     saved, records = usage.read_state(usage.state_path(tmp_path))
     assert saved is not None and abs(saved - time.time()) < 5
     shown = usage.view(records["anthropic:a"], time.time())
