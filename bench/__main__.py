@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from . import scheduling
 from .procs import User, revision
 from .profile import profile
 from .report import MIB, CpuMeter, Row, load_average, machine, table
@@ -183,6 +184,10 @@ def run(s: Settings, workdir: Path) -> str:
         _log(f"refresh stampede: {s.stampede} requests per proxy")
         one, two_procs = stampede(lab, s.stampede)
         rows = _rows(s, cells, streams, short, (rtt_429, limited), one, two_procs, mem, fresh, conc)
+    # In this process, with the proxies stopped: the only code that differs between the
+    # strategies is admission, so it is measured alone (see bench/scheduling.py).
+    _log("scheduling: admission under sticky and round-robin, the affinity map")
+    rows += scheduling.rows()
     elapsed = time.monotonic() - started
     return (
         f"Machine: {machine()}\n"

@@ -62,13 +62,19 @@ def test_a_429_is_retried_on_the_next_bucket_and_still_streams(lab: Lab) -> None
 
 
 def test_scheduling_rows_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bench.scheduling runs and reports every row (numbers are for bench/RESULTS.md)."""
+    """The scheduling rows of `python -m bench` are measured, judged and bounded."""
     from bench import scheduling
+    from bench.report import table
 
     monkeypatch.setattr(scheduling, "REQUESTS", 200)
-    table = dict(scheduling.rows())
-    assert len(table) == 6
-    assert table["affinity map after 30,000 conversations: entries kept"] == "20,000"
+    rows = scheduling.rows()
+    assert len(rows) == 7
+    for row in rows[:3]:
+        assert isinstance(row.keyswap, str) and 0 < float(row.keyswap) < 5, row
+    full = rows[-1]
+    assert isinstance(full.keyswap, str) and full.keyswap.startswith("20,000;"), full
+    assert full.met is not None and rows[3].met is not None
+    assert "Scheduling: sticky over round-robin" in table(rows)
 
 
 def test_concurrent_streams_and_the_settling_after_a_burst_are_measured(lab: Lab) -> None:
