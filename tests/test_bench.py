@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,16 @@ def test_concurrent_streams_and_the_settling_after_a_burst_are_measured(lab: Lab
     assert burst.peak >= burst.idle > 0 and settled.warm > 0
     assert [round(t, 1) >= 0.1 for t, _ in settled.after] == [True, True]
     assert all(rss > 0 for _, rss in settled.after)
+
+
+def test_two_checkouts_are_compared_in_one_lab() -> None:
+    """`bench.ab` at a small scale, this checkout against itself: every number is measured."""
+    from bench import ab
+
+    rows = ab.compare(Path(__file__).resolve().parent.parent, rounds=1, streams=3)
+    ttfb, cpu, retry = rows
+    for _, this, other, bare in (ttfb, cpu):
+        assert bare is not None and 0 < bare < 1000
+        assert 0 < this < 1000 and 0 < other < 1000, (this, other)
+    assert -100 < retry[1] < 100 and -100 < retry[2] < 100 and retry[3] is None
+    assert "| SSE: TTFB p50 ms" in ab.table(rows, Path("x"))
