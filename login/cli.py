@@ -36,6 +36,25 @@ or the user config dir's keyswap/config.toml.
 """
 
 
+def _import_help() -> str:
+    from .imports import sources_help
+
+    return f"""\
+Take over a login another tool already holds, instead of logging in again. keyswap checks it
+with the provider (one refresh or token exchange) before storing it; no token is printed.
+
+where each provider's login is read from (--from PATH reads another file in the same format):
+{sources_help()}
+
+ownership: where a provider's refresh tokens rotate, a refresh spends the old one, so a login
+cannot be shared: after the import keyswap owns it, and the other tool has to log in again at
+its next refresh. This is said, and confirmed (y/N on a terminal, or --yes), before anything
+is done; without a terminal and without --yes nothing is imported. Where tokens do not rotate,
+both keep using the login. Replacing a login already stored in the bucket is confirmed too.
+--dry-run shows the login, its account, expiry, source and owner, and does nothing else.
+"""
+
+
 def _bucket(value: str) -> str:
     import re
 
@@ -172,6 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("provider", type=_provider)
         p.set_defaults(run=_switch, enabled=verb == "enable")
 
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="take over a login another tool already has (its CLI or editor plugin)",
+        description=_import_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("provider", type=_provider)
+    p.add_argument("bucket", nargs="?", default=DEFAULT_BUCKET, type=_bucket)
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="PATH",
+        help="read this file instead (in the same tool's format)",
+    )
+    p.add_argument(
+        "--account", metavar="USER", help="the account to take when the file holds several"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would be imported and whose it would be; store nothing, contact nothing",
+    )
+    p.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="go ahead without asking (taking over a login, replacing a stored one)",
+    )
+    p.set_defaults(run=_import)
+
     p = sub.add_parser("refresh", parents=[common], help="refresh a login's access token now")
     p.add_argument("provider", type=_provider)
     p.add_argument("bucket", nargs="?", default=DEFAULT_BUCKET, type=_bucket)
@@ -262,6 +312,7 @@ def _status(args: argparse.Namespace) -> int:
             e.account or "-",
             e.state,
             expiry_text(e.expires_at),
+            "imported" if e.imported else "",
             *usage.columns(u, slots, now),
         ]
         for e, u in zip(entries, usages, strict=True)
@@ -307,6 +358,7 @@ def _entry_json(e: Entry, store: str) -> dict[str, Any]:
         "detail": e.detail,
         "models": e.models,
         "exclude_models": e.exclude_models,
+        "imported_from": e.imported,
     }
 
 
@@ -353,6 +405,12 @@ def _switch(args: argparse.Namespace) -> int:
     state = "enabled (logs in on first use)" if args.enabled else "disabled"
     print(f"✓ {args.provider} {state} in {file}", file=sys.stderr)
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .imports import run
+
+    return run(args)
 
 
 def _refresh(args: argparse.Namespace) -> int:

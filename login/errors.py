@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-def login_command(provider: str, bucket: str) -> str:
-    """The command that logs in to provider/bucket again."""
-    return f"python -m login {provider}" + ("" if bucket == "default" else f" {bucket}")
+def login_command(provider: str, bucket: str, verb: str = "") -> str:
+    """The command that logs in to provider/bucket again (`verb`: e.g. "import ")."""
+    return f"python -m login {verb}{provider}" + ("" if bucket == "default" else f" {bucket}")
 
 
 class KeyswapError(Exception):
@@ -28,9 +28,10 @@ class LoginError(KeyswapError):
 class NeedsLogin(KeyswapError):
     """No usable credential: the user must run `python -m login <provider> [bucket]`."""
 
-    def __init__(self, provider: str, bucket: str, why: str) -> None:
+    def __init__(self, provider: str, bucket: str, why: str, fix: str | None = None) -> None:
         self.provider, self.bucket, self.why = provider, bucket, why
-        super().__init__(f"{provider}/{bucket}: {why}; run `{login_command(provider, bucket)}`")
+        fix = fix or f"run `{login_command(provider, bucket)}`"
+        super().__init__(f"{provider}/{bucket}: {why}; {fix}")
 
 
 class RefreshFailed(KeyswapError):

@@ -26,6 +26,7 @@ from .credential import Credential, State
 from .errors import BadEntry, KeyswapError, NeedsLogin, RefreshFailed, StoreError, login_command
 from .net import make_client
 from .providers import PROVIDERS, LoginContext, Provider
+from .providers.sources import IMPORTED_FROM
 from .providers.usage import Window
 from .redact import redact
 from .store import Store, async_file_lock, entry_name, open_store
@@ -77,6 +78,7 @@ class Entry:
     detail: str | None = None
     models: list[str] | None = None
     exclude_models: list[str] = field(default_factory=list)
+    imported: str | None = None  # the file (or keychain item) an imported login came from
 
 
 @dataclass
@@ -240,12 +242,14 @@ class TokenService:
         they reach anyone else."""
         try:
             fresh = await p.refresh(self.http, self.endpoints(p.name), cred)
-        except NeedsLogin as exc:
+        except NeedsLogin as refused:
+            # An imported login whose tool has refreshed it since: say so, not just "refused".
+            exc = await asyncio.to_thread(p.taken_back, cred) or refused
             why = redact(exc.why, cred.secrets())
             dead = cred.model_copy(update={"needs_login": why, "updated_at": time.time()})
             await self._keep(dead)
             self._cache.pop(cred.name, None)
-            raise
+            raise exc from None
         await self._keep(fresh)
         if not fresh.token:
             self._cache.pop(cred.name, None)  # the old access token went with the old pair
@@ -344,6 +348,26 @@ class TokenService:
         self._cache[cred.name] = cred
         return cred
 
+    async def adopt(self, seed: Credential, ui: LoginUI) -> Credential:
+        """Take over a login another tool made (`python -m login import`): refresh it once
+        with the provider, as any refresh, to prove it alive and get tokens of keyswap's own.
+        Under the entry's locks; a rotated refresh token is saved as soon as it arrives,
+        before anything else may fail. NeedsLogin (nothing stored) when the grant is dead."""
+        p = get_provider(seed.provider)
+        endpoints = self.endpoints(p.name)
+        async with self._lock(seed.name), async_file_lock(seed.name):
+            fresh = await p.refresh(self.http, endpoints, seed)
+            if p.rotates_refresh:
+                await self._keep(fresh)  # the source's refresh token is spent now
+            ctx = LoginContext(self.http, endpoints, ui, seed.bucket)
+            fresh = await p.finish_import(ctx, fresh)
+            await self._keep(fresh)
+            if fresh.token:
+                self._cache[fresh.name] = fresh
+            else:
+                self._cache.pop(fresh.name, None)
+        return fresh
+
     def names(self) -> list[str]:
         """Every login as "provider:bucket": the store's, and any held that it lacks."""
         return sorted(set(self.store.names()) | set(self._held))
@@ -392,6 +416,7 @@ class TokenService:
                     detail,
                     rules.models,
                     rules.exclude_models,
+                    cred.extra.get(IMPORTED_FROM),
                 )
             )
         return out

@@ -128,7 +128,7 @@ def test_status_json_documents_the_usage_fields(logged_in: User) -> None:
     spare, work, copilot = entries["spare"], entries["work"], entries["default"]
     assert set(spare) == {
         *("provider", "bucket", "account", "email", "state", "expires_at", "expires_in"),
-        *("store", "detail", "models", "exclude_models"),
+        *("store", "detail", "models", "exclude_models", "imported_from"),
         *("windows", "cooling_until", "requests", "limited", "last_429", "last_error"),
         "usage_updated",
     }

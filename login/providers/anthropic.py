@@ -7,14 +7,17 @@ serialised across processes (the token service does that for every provider).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..credential import Credential
 from .base import ApiCall, LoginContext, Provider, Route
 from .ratelimit import is_number, latest
 from .sessions import claude_session
+from .sources import Found, Source, Unusable, millis, obj, optional_text, side_file, text
 from .usage import Outcome, Window
 from .windows import number, reset_time
 
@@ -38,6 +41,25 @@ OUTCOMES: dict[int, Outcome] = {
 
 
 class Anthropic(Provider):
+    def import_sources(self) -> tuple[Source, ...]:
+        """Claude Code's `.credentials.json` in `$CLAUDE_CONFIG_DIR` (default `~/.claude`);
+        on macOS, where Claude Code keeps it in the keychain, the generic password
+        "Claude Code-credentials" (`security find-generic-password -s ... -w`). The account's
+        email is in `.claude.json` beside the config dir (`oauthAccount.emailAddress`)."""
+        config = os.environ.get("CLAUDE_CONFIG_DIR")
+        base = Path(config).expanduser() if config else Path.home() / ".claude"
+        profile = (Path(config).expanduser() if config else Path.home()) / ".claude.json"
+        return (
+            Source(
+                "Claude Code",
+                "`claude` and its /login",
+                (base / ".credentials.json",),
+                _credentials_json,
+                keychain="Claude Code-credentials",
+                account=lambda: _claude_email(profile),
+            ),
+        )
+
     async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
         cred = self.credential(ctx.bucket, tokens)
         account = tokens.get("account") or {}
@@ -102,6 +124,35 @@ class Anthropic(Provider):
         return None if session is None else f"claude-session:{session}"
 
 
+def _credentials_json(data: Any) -> list[Found]:
+    """`{"claudeAiOauth": {"accessToken", "refreshToken", "expiresAt" (ms), "scopes",
+    "subscriptionType"}}`."""
+    root = obj(data, "the file")
+    if "claudeAiOauth" not in root:
+        raise Unusable("it holds no Claude.ai login (no `claudeAiOauth`)")
+    oauth = obj(root["claudeAiOauth"], "`claudeAiOauth`")
+    refresh = text(oauth, "refreshToken", "claudeAiOauth.refreshToken")
+    scopes = oauth.get("scopes")
+    if isinstance(scopes, list) and scopes and "user:inference" not in scopes:
+        raise Unusable("its login lacks the user:inference scope")
+    plan = optional_text(oauth, "subscriptionType")
+    return [
+        Found(
+            refresh=refresh,
+            access=optional_text(oauth, "accessToken"),
+            expires_at=millis(oauth.get("expiresAt")),
+            note=f"Claude {plan}" if plan else None,
+        )
+    ]
+
+
+def _claude_email(profile: Path) -> str | None:
+    data = side_file(profile)
+    account = data.get("oauthAccount") if isinstance(data, dict) else None
+    email = account.get("emailAddress") if isinstance(account, dict) else None
+    return email if isinstance(email, str) and email else None
+
+
 def _window(headers: Mapping[str, str], name: str, minutes: float, now: float) -> Window | None:
     """One window of the unified limiter; None when the answer says nothing usable of it.
     A window marked `rejected` without a utilization is a full one."""
@@ -143,6 +194,7 @@ PROVIDER = Anthropic(
     },
     authorize_params={"code": "true"},
     token_format="json",
+    rotates_refresh=True,  # docs/providers.md §5: both tokens rotate, the old pair dies
     send_state_in_exchange=True,
     callback="paste",
     routes=(Route(hosts=("api.anthropic.com",), dialect="anthropic"),),

@@ -18,7 +18,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from ..credential import Credential
-from ..errors import ClientError, LoginError, NeedsLogin, RefreshFailed
+from ..errors import ClientError, LoginError, NeedsLogin, RefreshFailed, login_command
 from ..flows import authcode, device
 from ..flows.http import body_of, error_code, error_text, send
 from ..redact import redact
@@ -26,6 +26,8 @@ from ..ui import LoginUI
 from .paths import CheckedPath, under
 from .ratelimit import retry_after
 from .shapes import dump_json, parse_json
+from .sources import IMPORTED_BY, Source
+from .sources import taken_back as _source_changed
 from .streams import Reshaper
 from .usage import Outcome, Window
 
@@ -186,6 +188,9 @@ class Provider(BaseModel):
     # The account's models for the status page: a GET of this path under the API base
     # (with `models_query()`); None when the provider has no listing keyswap reads.
     models_path: str | None = None
+    # Whether a refresh spends the refresh token (a new one comes back, the old one is dead):
+    # then one login cannot be shared with another tool, and importing one takes it over.
+    rotates_refresh: bool = False
 
     # -- login ---------------------------------------------------------------------------
 
@@ -252,6 +257,40 @@ class Provider(BaseModel):
     async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
         """Turn the token answer into a credential; providers add account, project, ..."""
         return self.credential(ctx.bucket, tokens)
+
+    # -- import (`python -m login import`, login/imports.py) -----------------------------
+
+    def import_sources(self) -> tuple[Source, ...]:
+        """Where other tools keep a login of this provider that keyswap can take over, in the
+        order to look (paths are read from the environment when called). None by default: a
+        provider module that knows its tool's store (Kiro's `~/.aws/sso/cache/...`, say)
+        overrides this with its own `Source`, and `import` works for it unchanged."""
+        return ()
+
+    async def finish_import(self, ctx: LoginContext, cred: Credential) -> Credential:
+        """An imported login, just refreshed: what a login would add that the other tool's
+        file does not hold (a project, an account name)."""
+        return cred
+
+    def taken_back(self, cred: Credential) -> NeedsLogin | None:
+        """Why a refresh of an imported login was refused, when its refresh tokens rotate and
+        the tool it came from has refreshed it since (its file holds another refresh token
+        than the one imported): that tool owns the login again. None otherwise. Reads a
+        file: call it off the event loop."""
+        if not self.rotates_refresh:
+            return None
+        where = _source_changed(cred.extra, cred.account, self.import_sources())
+        if where is None:
+            return None
+        tool = cred.extra.get(IMPORTED_BY, "the tool it came from")
+        return NeedsLogin(
+            self.name,
+            cred.bucket,
+            f"{tool} refreshed this login after it was imported ({where} changed): the login "
+            "now belongs to it",
+            f"run `{login_command(self.name, cred.bucket, 'import ')}` again or log in "
+            f"(`{login_command(self.name, cred.bucket)}`)",
+        )
 
     # -- refresh -------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@ Codex CLI's client; the ChatGPT account id comes from the id_token (docs/provide
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..credential import Credential, jwt_claims
@@ -13,6 +15,7 @@ from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds
 from .ratelimit import json_object, latest
 from .sessions import body_id, header_id
 from .shapes import BodyShape
+from .sources import Found, Source, Unusable, obj, optional_text, text
 from .streams import LastSSEEvent, Reshaper
 from .usage import Outcome, Window
 from .windows import number, percent, reset_time
@@ -45,6 +48,14 @@ OUTCOMES: dict[int, Outcome] = {
 
 
 class Codex(Provider):
+    def import_sources(self) -> tuple[Source, ...]:
+        """The Codex CLI's `$CODEX_HOME/auth.json` (default `~/.codex`), as its
+        `codex-rs/login/src/auth/storage.rs` writes it. A CLI configured to keep its login in
+        the OS keyring (`cli_auth_credentials_store`) has no file to import."""
+        home = os.environ.get("CODEX_HOME")
+        base = Path(home).expanduser() if home else Path.home() / ".codex"
+        return (Source("Codex CLI", "`codex login`", (base / "auth.json",), _auth_json),)
+
     async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
         return self._with_claims(self.credential(ctx.bucket, tokens), tokens)
 
@@ -207,6 +218,42 @@ class Codex(Provider):
         return out
 
 
+def _auth_json(data: Any) -> list[Found]:
+    """`{"OPENAI_API_KEY": ..., "tokens": {"id_token", "access_token", "refresh_token",
+    "account_id"}, "last_refresh": ...}`; a file with only an API key is no ChatGPT login."""
+    root = obj(data, "the file")
+    tokens = root.get("tokens")
+    if not tokens:
+        if root.get("OPENAI_API_KEY"):
+            raise Unusable("it holds an OpenAI API key, not a ChatGPT login")
+        raise Unusable("it holds no ChatGPT login (no `tokens`)")
+    tokens = obj(tokens, "`tokens`")
+    refresh = text(tokens, "refresh_token", "tokens.refresh_token")
+    access = optional_text(tokens, "access_token")
+    claims = jwt_claims(optional_text(tokens, "id_token") or "") or jwt_claims(access or "")
+    auth = claims.get(_AUTH_CLAIM)
+    auth = auth if isinstance(auth, dict) else {}
+    extra = {}
+    account_id = optional_text(tokens, "account_id") or auth.get("chatgpt_account_id")
+    if account_id:
+        extra["account_id"] = str(account_id)
+    plan = auth.get("chatgpt_plan_type")
+    if plan:
+        extra["plan_type"] = str(plan)
+    exp = seconds(jwt_claims(access or "").get("exp"))
+    email = claims.get("email")
+    return [
+        Found(
+            refresh=refresh,
+            access=access,
+            expires_at=exp,
+            account=str(email) if email else None,
+            extra=extra,
+            note=f"ChatGPT {plan}" if plan else None,
+        )
+    ]
+
+
 class _ResponsesRequest(BodyShape):
     """What `prepare` reads of a Responses request."""
 
@@ -269,6 +316,7 @@ PROVIDER = Codex(
     # The official CLI's Hydra allow-list has 1455 and 1457 for this client.
     fallback_ports=(1457,),
     refresh_format="json",  # as the official CLI sends it
+    rotates_refresh=True,  # docs/providers.md §2: a used refresh token is `refresh_token_reused`
     routes=(
         Route(
             hosts=("chatgpt.com",),

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +26,7 @@ from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds, t
 from .ratelimit import latest
 from .sessions import body_id, claude_session, claude_session_of, header_id
 from .shapes import BodyShape
+from .sources import Found, Source, obj
 from .streams import Reshaper
 from .usage import Outcome, Window
 
@@ -63,6 +67,25 @@ SESSION_HEADERS = ("x-client-session-id",)
 
 
 class Copilot(Provider):
+    def import_sources(self) -> tuple[Source, ...]:
+        """The GitHub token Copilot's editor plugins keep (copilot.vim, copilot.lua, JetBrains):
+        `github-copilot/apps.json` (`{"github.com:<app id>": {user, oauth_token, githubAppId}}`)
+        and the older `hosts.json` (`{"github.com": {user, oauth_token}}`) in
+        `$XDG_CONFIG_HOME` (default `~/.config`; `%LOCALAPPDATA%` on Windows). Only logins of
+        the app keyswap signs in with, on github.com, can be exchanged for Copilot tokens."""
+        local = os.environ.get("LOCALAPPDATA") if sys.platform == "win32" else None
+        xdg = local or os.environ.get("XDG_CONFIG_HOME")
+        base = (Path(xdg).expanduser() if xdg else Path.home() / ".config") / "github-copilot"
+        return (
+            Source(
+                "Copilot editor plugin",
+                "your editor's Copilot sign-in (`:Copilot setup` in Vim/Neovim)",
+                (base / "apps.json", base / "hosts.json"),
+                lambda data: _editor_logins(data, self.client_id),
+                wanted=f"logins of the Copilot app {self.client_id} on github.com",
+            ),
+        )
+
     async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
         github = SecretStr(str(tokens["access_token"]))
         login = await self._github_login(ctx.http, ctx.endpoints, github.get_secret_value())
@@ -231,6 +254,22 @@ class Copilot(Provider):
             return None
         claude = claude_session_of(user)
         return f"user:{user}" if claude is None else f"claude-session:{claude}"
+
+
+def _editor_logins(data: Any, app: str) -> list[Found]:
+    """Every github.com login of `app` in an apps.json or hosts.json. hosts.json names no app:
+    the plugins that wrote it signed in with the same one."""
+    found = []
+    for key, entry in obj(data, "the file").items():
+        host, _, named = str(key).partition(":")
+        if not isinstance(entry, dict) or host != "github.com":
+            continue
+        if (named or entry.get("githubAppId") or app) != app:
+            continue
+        token, user = entry.get("oauth_token"), entry.get("user")
+        if isinstance(token, str) and token:
+            found.append(Found(refresh=token, account=user if isinstance(user, str) else None))
+    return found
 
 
 def own_editor(client: Mapping[str, str]) -> bool:

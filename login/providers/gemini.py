@@ -4,6 +4,12 @@ The individual ("Login with Google") tier ended 2026-06-18; Code Assist Standard
 Enterprise accounts with a Google Cloud project still work.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..credential import jwt_claims
 from .google import (
     GEMINI_API_ROUTES,
     GOOGLE_AUTH,
@@ -11,8 +17,31 @@ from .google import (
     GOOGLE_SCOPES,
     GoogleProvider,
 )
+from .sources import Found, Source, millis, obj, optional_text, text
 
-PROVIDER = GoogleProvider(
+
+class GeminiCli(GoogleProvider):
+    def import_sources(self) -> tuple[Source, ...]:
+        """Gemini CLI's `~/.gemini/oauth_creds.json`: google-auth-library's credentials
+        (`access_token`, `refresh_token`, `expiry_date` in ms, `id_token`, `scope`)."""
+        path = Path.home() / ".gemini" / "oauth_creds.json"
+        return (Source("Gemini CLI", "`gemini` (Login with Google)", (path,), _oauth_creds),)
+
+
+def _oauth_creds(data: Any) -> list[Found]:
+    root = obj(data, "the file")
+    email = jwt_claims(optional_text(root, "id_token") or "").get("email")
+    return [
+        Found(
+            refresh=text(root, "refresh_token"),
+            access=optional_text(root, "access_token"),
+            expires_at=millis(root.get("expiry_date")),
+            account=str(email) if email else None,
+        )
+    ]
+
+
+PROVIDER = GeminiCli(
     name="gemini",
     order=40,
     title="Gemini Code Assist",

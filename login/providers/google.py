@@ -61,6 +61,16 @@ class GoogleProvider(Provider):
             extra["tier"] = tier
         return cred.model_copy(update={"account": email, "extra": extra})
 
+    async def finish_import(self, ctx: LoginContext, cred: Credential) -> Credential:
+        """The account and Code Assist project, as a login finds them: another tool's file
+        does not hold the project."""
+        email = await self._email(ctx.http, ctx.endpoints, cred.token)
+        project, tier = await self.discover_project(ctx, cred.token)
+        extra = {**cred.extra, "project": project}
+        if tier:
+            extra["tier"] = tier
+        return cred.model_copy(update={"account": email or cred.account, "extra": extra})
+
     async def _email(
         self, http: httpx.AsyncClient, endpoints: Mapping[str, str], token: str
     ) -> str | None:

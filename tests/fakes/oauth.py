@@ -370,6 +370,25 @@ class FakeOAuth(FakeServer):
     def valid_copilot_tokens(self) -> set[str]:
         return self.valid_access_tokens("copilot")
 
+    def mint(self, provider: str, login: str = "octocat") -> Json:
+        """A login made elsewhere (by the provider's own CLI or editor plugin, which
+        `login import` takes over): the token answer that tool got, without any request
+        to this fake. Copilot: `{"access_token": <GitHub token of `login`>}`."""
+        with self._lock:
+            if provider == "copilot":
+                token = "ghu_" + secrets.token_hex(18)
+                self._tokens.add("github", token, float("inf"), login)
+                return {"access_token": token, "token_type": "bearer", "scope": "read:user"}
+            client = CLIENTS[provider]
+            return self._issue(client, " ".join(client.scopes or ("openid",)))
+
+    def unused_refresh_tokens(self, provider: str) -> set[str]:
+        """Refresh tokens of `provider` that a refresh would still accept."""
+        with self._lock:
+            return {
+                t for t, e in self._tokens.refresh.items() if e.provider == provider and not e.used
+            }
+
     def revoke(self, provider: str, token: str) -> bool:
         """Forget an access or refresh token of `provider`; False if it was not known."""
         with self._lock:
