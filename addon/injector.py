@@ -99,6 +99,8 @@ class Injector:
         self._bundle: asyncio.Task[None] | None = None
         self._settler = Settler()
         self._requests = 0  # decrypted requests seen, for the settler
+        # The allow_hosts keyswap set itself (None: the user's own, or none set).
+        self._served: list[str] | None = None
         # mitmproxy's upstream proxy, which keyswap's own connections take too.
         self.upstream: Upstream | None = None
 
@@ -117,6 +119,13 @@ class Injector:
 
     def _reconfigure(self) -> None:
         config = self.settings.config
+        if self._served is not None and ctx.options.allow_hosts == self._served:
+            # keyswap chose what is decrypted: a provider the config now defines (or no
+            # longer does) changes it. A list the user set stays theirs.
+            served = served_hosts()
+            if served != self._served:
+                self._served = served
+                ctx.options.update(allow_hosts=served)  # type: ignore[no-untyped-call]
         self.dispatch.cooldown = config.proxy.cooldown
         verify, up = _verify(), self.upstream
         old = self.dispatch.sender
@@ -136,7 +145,8 @@ class Injector:
     def running(self) -> None:
         if not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
             # Decrypt only what keyswap serves; everything else is tunnelled untouched.
-            ctx.options.update(allow_hosts=served_hosts())  # type: ignore[no-untyped-call]
+            self._served = served_hosts()
+            ctx.options.update(allow_hosts=self._served)  # type: ignore[no-untyped-call]
         port = self.relay.start()
         log.debug("keyswap: relay on 127.0.0.1:%d", port)
         loop = asyncio.get_running_loop()

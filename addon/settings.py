@@ -8,6 +8,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
+from login import providers
 from login.config import Config, default_config_path, load_config
 from login.errors import KeyswapError
 
@@ -48,6 +49,7 @@ class Settings:
             # At start-up an error log makes mitmdump exit, with one clear line.
             log.error("keyswap: %s", exc)
             return
+        providers.use(self.config.defined)
         self.path = Path(explicit) if explicit else default_config_path()
         self._mtime = _mtime(self.path)
 
@@ -64,6 +66,7 @@ class Settings:
         except KeyswapError as exc:
             log.error("keyswap: %s; keeping the last good config", exc)
             return False
+        providers.use(self.config.defined)
         log.info("keyswap: reloaded %s", self.path)
         return True
 

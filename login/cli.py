@@ -16,7 +16,7 @@ from .credential import Credential, expiry_text
 from .doctor import DEFAULT_HOST
 from .errors import KeyswapError
 from .hardening import forbid_core_dumps
-from .providers import PROVIDERS
+from .providers import PROVIDERS, use
 from .tokens import BAD_STATES, Entry, TokenService
 from .ui import Console
 
@@ -73,13 +73,34 @@ def _provider(value: str) -> str:
     return value
 
 
+# Why the providers the config defines are not known, when its file could not be read.
+_config_problem: str | None = None
+
+
+def _use_config(argv: Sequence[str]) -> None:
+    """Providers a config defines are commands too: read it before the parser is built. A
+    config that cannot be read leaves the built-in ones; the command that reads it says why."""
+    global _config_problem
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.partition("=")[2]
+    try:
+        use(load_config(path).defined)
+    except KeyswapError as exc:
+        _config_problem = str(exc)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error of the CLI."""
 
     def error(self, message: str) -> NoReturn:
-        message = message.replace(
-            "argument <provider> | <command>: invalid choice:", "unknown provider or command"
-        )
+        unknown = "argument <provider> | <command>: invalid choice:"
+        if unknown in message and _config_problem:
+            message += f"; no provider the config defines is known: {_config_problem}"
+        message = message.replace(unknown, "unknown provider or command")
         self.exit(2, f"✘ {message} (see `{self.prog} --help`)\n")
 
 
@@ -235,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     forbid_core_dumps()  # before any token is read into memory
+    argv = sys.argv[1:] if argv is None else argv
+    _use_config(argv)
     args = build_parser().parse_args(argv)
     try:
         result: int = args.run(args)

@@ -10,9 +10,10 @@ import fnmatch
 import functools
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -110,6 +111,13 @@ class BucketRules(_Strict):
         return "; ".join(parts) or "any model"
 
 
+# Headers that say how a request is framed or routed: a config cannot set them.
+_FRAMING_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"}
+    | {"proxy-authorization", "keep-alive"}
+)
+
+
 class ProviderSettings(_Strict):
     # None: log in with `python -m login`; True: also on first use, inside the proxy;
     # False: placeholders for this provider are refused.
@@ -118,6 +126,30 @@ class ProviderSettings(_Strict):
     buckets: list[Bucket] | None = None
     endpoints: dict[str, str] = Field(default_factory=dict)
     bucket: dict[Bucket, BucketRules] = Field(default_factory=dict)
+
+    # -- a provider defined here instead of built in (login/providers/defined.py) -----------
+    # Set `flow` to define one; every key below is refused for a built-in provider.
+    flow: Literal["device", "pkce"] | None = None
+    title: str | None = Field(None, min_length=1, max_length=80)
+    # OIDC: the endpoints come from `{issuer}/.well-known/openid-configuration`, or from
+    # `discovery` (the document's URL); `endpoints` overrides single ones.
+    issuer: str | None = None
+    discovery: str | None = None
+    client_id: str | None = Field(None, min_length=1)
+    # An installed app's published secret, if its issuer wants one (not a user secret).
+    client_secret: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+    # The API base URL the tokens are delivered to; clients use it as their base URL.
+    api: str | None = None
+    # The API the clients speak, for the shape of keyswap's own error answers.
+    dialect: Literal["openai", "anthropic"] = "openai"
+    # How the token is sent: `<token_header>: <token_prefix><token>`.
+    token_header: str = Field("Authorization", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    token_prefix: str = Field("Bearer ", max_length=32)
+    # Static headers sent with every API request.
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Whether the token endpoint takes a form (OAuth's default) or JSON.
+    token_format: Literal["form", "json"] = "form"
 
     def rules(self, bucket: str) -> BucketRules:
         return self.bucket.get(bucket) or _ANY_MODEL
@@ -129,6 +161,30 @@ class ProviderSettings(_Strict):
             check_url(url)
         return value
 
+    @field_validator("issuer", "discovery", "api")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
+
+    @field_validator("token_header")
+    @classmethod
+    def _token_header(cls, value: str) -> str:
+        if value.lower() in _FRAMING_HEADERS:
+            raise ValueError(f"{value!r} frames the request; the token cannot go there")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", name):
+                raise ValueError(f"{name!r} is not a header name")
+            if name.lower() in _FRAMING_HEADERS:
+                raise ValueError(f"{name!r} frames the request; keyswap sets it")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"the value of {name!r} holds a line break or NUL")
+        return value
+
 
 _ANY_MODEL = BucketRules()
 
@@ -137,6 +193,8 @@ class Config(_Strict):
     proxy: ProxySettings = ProxySettings()
     resolve: dict[str, str] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    # The providers `providers` defines (`flow` set), built and checked by `load_config`.
+    defined: dict[str, Any] = Field(default_factory=dict, exclude=True)
     # Once any client is listed, every placeholder must carry one of their secrets.
     clients: dict[str, ClientSettings] = Field(default_factory=dict)
     path: str | None = Field(None, exclude=True)
@@ -201,21 +259,69 @@ def load_config(path: str | Path | None = None) -> Config:
         first = exc.errors()[0]
         reason = first["msg"].removeprefix("Value error, ")
         raise ConfigError(str(file), _key_of(first["loc"]), reason) from None
-    _check_providers(config, str(file))
-    return config.model_copy(update={"path": str(file)})
+    defined = _check_providers(config, str(file))
+    return config.model_copy(update={"path": str(file), "defined": defined})
 
 
-def _check_providers(config: Config, file: str) -> None:
-    from .providers import PROVIDERS  # late: providers import config helpers
+# Names that are commands of `python -m login` (or mean something in a placeholder), so no
+# provider may take them.
+RESERVED_NAMES = frozenset(
+    {"status", "logout", "env", "doctor", "enable", "disable", "refresh", "page", "import"}
+    | {"login", "help", "all", "oauth", "keyswap", "proxy", "service", "migrate"}
+)
+PROVIDER_NAME = r"^[a-z][a-z0-9-]{0,31}$"
 
+
+def _check_providers(config: Config, file: str) -> dict[str, Any]:
+    """The providers the file defines, built; a ConfigError for any block that is wrong."""
+    from .providers import BUILT_IN  # late: providers import config helpers
+    from .providers.defined import DefinitionError, define
+
+    defined: dict[str, Any] = {}
     for name, settings in config.providers.items():
-        provider = PROVIDERS.get(name)
+        key = f"providers.{name}"
+        provider = BUILT_IN.get(name)
+        if provider is None and settings.flow is None:
+            known = ", ".join(sorted(BUILT_IN))
+            raise ConfigError(
+                file,
+                key,
+                f"unknown provider (built in: {known}); to define one, give it a `flow`",
+            )
         if provider is None:
-            known = ", ".join(sorted(PROVIDERS))
-            raise ConfigError(file, f"providers.{name}", f"unknown provider (known: {known})")
-        for key in settings.endpoints:
-            if key not in provider.endpoints:
+            if not re.match(PROVIDER_NAME, name) or name in RESERVED_NAMES:
+                raise ConfigError(
+                    file,
+                    key,
+                    "a defined provider's name is lower-case letters, digits and '-' "
+                    "(up to 32), and not a command of `python -m login`",
+                )
+            try:
+                defined[name] = provider = define(name, settings, defined.values())
+            except DefinitionError as exc:
+                raise ConfigError(file, f"{key}.{exc.key}" if exc.key else key, str(exc)) from None
+        else:
+            set_here = settings.model_fields_set & _DEFINITION_FIELDS
+            if set_here:
+                raise ConfigError(
+                    file,
+                    f"{key}.{sorted(set_here)[0]}",
+                    f"{name} is built in: only enabled, strategy, buckets, bucket and "
+                    "endpoints can be set for it",
+                )
+        for endpoint in settings.endpoints:
+            if endpoint not in provider.endpoints:
                 known = ", ".join(sorted(provider.endpoints))
                 raise ConfigError(
-                    file, f"providers.{name}.endpoints.{key}", f"unknown endpoint (known: {known})"
+                    file, f"{key}.endpoints.{endpoint}", f"unknown endpoint (known: {known})"
                 )
+    return defined
+
+
+_DEFINITION_FIELDS = frozenset(ProviderSettings.model_fields) - {
+    "enabled",
+    "strategy",
+    "buckets",
+    "endpoints",
+    "bucket",
+}

@@ -59,7 +59,7 @@ class Access:
 
     def headers(self, path: str, client_headers: Mapping[str, str], body: bytes) -> dict[str, str]:
         extra = self.provider.api_headers(self.credential, path, client_headers, body)
-        return {**extra, "Authorization": f"Bearer {self.token}"}
+        return {**extra, **self.provider.auth_headers(self.token)}
 
 
 # States of a login whose store entry cannot be used as it is (`status` exits 1).

@@ -440,10 +440,14 @@ class Provider(BaseModel):
             for allowed in self.api_hosts
         )
 
+    def auth_headers(self, token: str) -> dict[str, str]:
+        """How an API request carries the access token."""
+        return {"Authorization": f"Bearer {token}"}
+
     def api_headers(
         self, cred: Credential, path: str, headers: Mapping[str, str], body: bytes
     ) -> dict[str, str]:
-        """Headers to set on an API request beside `Authorization: Bearer <token>`.
+        """Headers to set on an API request beside the token's (`auth_headers`).
         `headers` are the client's (credentials already removed)."""
         return {}
 
