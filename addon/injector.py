@@ -194,6 +194,12 @@ class Injector:
                 await self.tokens.save_held()
                 names = await asyncio.to_thread(self.tokens.names)
                 self.tokens.retain(set(names))
+                for cred in await self.tokens.follow():
+                    # Someone logged in to this bucket again: maybe another account, so
+                    # what keyswap knew of the old one's limits no longer holds.
+                    self.rotation.reset(cred.provider, cred.bucket)
+                    self.quota.forget(cred.provider, cred.bucket)
+                    log.info("keyswap: %s/%s: a new login, in use now", cred.provider, cred.bucket)
                 found: dict[str, list[str]] = {}
                 for name in names:
                     prov, _, bucket = name.partition(":")

@@ -32,6 +32,9 @@ class Credential(BaseModel):
     extra: dict[str, str] = {}
     needs_login: str | None = None
     updated_at: float = 0.0
+    # When this login was made (a refresh keeps it): a new value in the store for a bucket
+    # that a running proxy holds means someone logged in to it again.
+    login_at: float = 0.0
 
     @property
     def name(self) -> str:

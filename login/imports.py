@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             IMPORTED_FP: fingerprint(found.refresh),
         },
         updated_at=time.time(),
+        login_at=time.time(),
     )
     cred = _adopt(service, provider, seed, source, place)
     who = f" as {cred.account}" if cred.account else ""

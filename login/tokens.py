@@ -30,6 +30,7 @@ from .providers.sources import IMPORTED_FROM
 from .providers.usage import Window
 from .redact import redact
 from .store import Store, async_file_lock, entry_name, open_store
+from .store.lock import changes
 from .ui import LoginUI
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class TokenService:
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._endpoints: dict[str, dict[str, str]] = {}
+        self._mark = changes()  # the store's change mark when `follow` last looked
 
     @property
     def store(self) -> Store:
@@ -371,6 +373,31 @@ class TokenService:
     def names(self) -> list[str]:
         """Every login as "provider:bucket": the store's, and any held that it lacks."""
         return sorted(set(self.store.names()) | set(self._held))
+
+    async def follow(self) -> list[Credential]:
+        """Take up what other processes stored for the logins held in memory (a login or a
+        refresh made by the CLI or another proxy), once the store says something changed.
+        Returns the ones that are new logins (`login_at` differs), whose bucket may now be
+        another account."""
+        mark = await asyncio.to_thread(changes)
+        if mark == self._mark:
+            return []
+        self._mark = mark
+        held = [c for n, c in self._cache.items() if n not in self._held]
+        stored = await asyncio.to_thread(lambda: {c.name: self._stored(c) for c in held})
+        new_logins = []
+        for cred in held:
+            now = self._cache.get(cred.name)
+            found = stored.get(cred.name) or cred  # gone: `retain` forgets it
+            if now is not cred or found.updated_at <= cred.updated_at:
+                continue  # unchanged, or changed here meanwhile (this process's is newer)
+            if found.login_at != cred.login_at:
+                new_logins.append(found)
+            if found.state(get_provider(found.provider).refresh_skew) == "valid":
+                self._cache[cred.name] = found
+            else:
+                del self._cache[cred.name]  # the next use refreshes it, or says to log in
+        return new_logins
 
     def retain(self, names: set[str]) -> None:
         """Forget cached tokens of logins no longer in the store (logged out elsewhere)."""

@@ -115,3 +115,20 @@ def test_a_logout_elsewhere_stops_the_proxy_using_the_login(s: Stack) -> None:
         assert client.post(MESSAGES, headers=headers, json=BODY).status_code == 200
         assert s.user.run("logout", "anthropic", "work").code == 0
         eventually(lambda: client.post(MESSAGES, headers=headers, json=BODY).status_code == 401)
+
+
+def test_a_new_login_into_a_held_bucket_is_used_within_a_second(s: Stack) -> None:
+    """Logging in to a bucket the proxy holds (maybe as another account) replaces the token
+    it has in memory, and what it knew of the old login's limits (issue 16.4)."""
+    first = s.login_anthropic("work")
+    headers = {"x-api-key": "oauth:anthropic:work"}
+    with s.proxy() as proxy, http_client(proxy) as client:
+        assert client.post(MESSAGES, headers=headers, json=BODY).status_code == 200
+        s.api.rate_limit("anthropic", hint="retry-after", seconds=3600)
+        assert client.post(MESSAGES, headers=headers, json=BODY).status_code == 429
+        second = s.login_anthropic("work")
+        assert second != first
+        proxy.wait_for("anthropic/work: a new login, in use now", timeout=3)
+        assert client.post(MESSAGES, headers=headers, json=BODY).status_code == 200
+    used = [c.headers["authorization"] for c in s.api.calls if c.endpoint == "messages"]
+    assert used[0] == used[1] == f"Bearer {first}" and used[-1] == f"Bearer {second}", used

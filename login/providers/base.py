@@ -405,6 +405,7 @@ class Provider(BaseModel):
             account=previous.account if previous else None,
             extra=dict(previous.extra) if previous else {},
             updated_at=now,
+            login_at=previous.login_at if previous else now,
         )
 
     def lifetime(self, tokens: dict[str, Any]) -> float | None:

@@ -96,6 +96,7 @@ class Copilot(Provider):
             refresh_token=github,
             expires_at=0,
             account=login,
+            login_at=time.time(),
         )
         try:
             return await self.refresh(ctx.http, ctx.endpoints, seed)
@@ -163,6 +164,7 @@ class Copilot(Provider):
             account=cred.account,
             extra=extra,
             updated_at=now,
+            login_at=cred.login_at,
         )
 
     def api_base(self, cred: Credential, endpoints: Mapping[str, str]) -> str:

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from ..credential import Credential
 from ..errors import CorruptEntry
+from .lock import mark_changed
 
 
 def entry_name(provider: str, bucket: str) -> str:
@@ -48,9 +49,12 @@ class Store(ABC):
 
     def save(self, cred: Credential) -> None:
         self._write(cred.name, cred.to_json().encode())
+        mark_changed()
 
     def delete(self, provider: str, bucket: str) -> bool:
-        return self._remove(entry_name(provider, bucket))
+        removed = self._remove(entry_name(provider, bucket))
+        mark_changed()
+        return removed
 
     def buckets(self, provider: str) -> list[str]:
         prefix = f"{provider}:"

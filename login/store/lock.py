@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+from ..errors import StoreError
 from .paths import data_dir, private_dir
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
@@ -78,3 +79,33 @@ def _release(fd: int) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# -- what changed in the store, for processes that keep tokens in memory ------------------
+
+
+def _changes_path() -> Path:
+    return private_dir(private_dir(data_dir()) / "locks") / "changes"
+
+
+def mark_changed() -> None:
+    """Say that an entry was saved or deleted: a new random value, so that a reader sees a
+    change however coarse the file system's clock is. Best effort: the entry itself is what
+    matters, and a reader that misses this sees it at the token's next refresh."""
+    try:
+        fd = os.open(_changes_path(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, os.urandom(8).hex().encode())
+        finally:
+            os.close(fd)
+    except (OSError, StoreError):
+        pass
+
+
+def changes() -> bytes:
+    """The last `mark_changed` value (empty when there was none or it cannot be read)."""
+    try:
+        with open(_changes_path(), "rb") as f:
+            return f.read(64)
+    except (OSError, StoreError):
+        return b""
