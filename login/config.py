@@ -189,8 +189,23 @@ class ProviderSettings(_Strict):
 _ANY_MODEL = BucketRules()
 
 
+class StoreSettings(_Strict):
+    # Where logins are kept: a redis:// or rediss:// URL shares them between proxies (its
+    # password from the URL, or the server's own config; keyswap never writes it here).
+    # None: the keyring, else the encrypted file store. KEYSWAP_STORE overrides it.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and value.split("://", 1)[0].lower() not in ("redis", "rediss"):
+            raise ValueError(f"{value!r} is not a redis:// or rediss:// URL")
+        return value
+
+
 class Config(_Strict):
     proxy: ProxySettings = ProxySettings()
+    store: StoreSettings = StoreSettings()
     resolve: dict[str, str] = Field(default_factory=dict)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     # The providers `providers` defines (`flow` set), built and checked by `load_config`.

@@ -29,8 +29,7 @@ from .providers import PROVIDERS, LoginContext, Provider
 from .providers.sources import IMPORTED_FROM
 from .providers.usage import Window
 from .redact import redact
-from .store import Store, async_file_lock, entry_name, open_store
-from .store.lock import changes
+from .store import Store, entry_name, open_store
 from .ui import LoginUI
 
 log = logging.getLogger(__name__)
@@ -124,12 +123,12 @@ class TokenService:
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._endpoints: dict[str, dict[str, str]] = {}
-        self._mark = changes()  # the store's change mark when `follow` last looked
+        self._mark: bytes | None = None  # the store's change mark when `follow` last looked
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = open_store()
+            self._store = open_store(self.config.store.url)
         return self._store
 
     @property
@@ -183,7 +182,7 @@ class TokenService:
         async with self._lock(name):
             if not force and (cached := self._usable(self._cache.get(name), p, rejected)):
                 return cached
-            async with async_file_lock(name):
+            async with self.store.lock(name):
                 cred = await self._current(provider, bucket)
                 if cred is None:
                     self._cache.pop(name, None)
@@ -211,7 +210,7 @@ class TokenService:
         store it as needing a new login, so that no process uses it again, also after a
         restart, until the user logs in again; unless a login since replaced that token."""
         name = entry_name(provider, bucket)
-        async with self._lock(name), async_file_lock(name):
+        async with self._lock(name), self.store.lock(name):
             cred = await self._current(provider, bucket)
             if cred is None or cred.needs_login or cred.token != token:
                 return
@@ -306,7 +305,7 @@ class TokenService:
             return None  # unreadable: the held tokens replace it
 
     async def _retry(self, name: str) -> None:
-        async with self._lock(name), async_file_lock(name):
+        async with self._lock(name), self.store.lock(name):
             await self._save_held(name)
 
     async def save_held(self) -> None:
@@ -345,7 +344,7 @@ class TokenService:
         p = get_provider(provider)
         ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout)
         cred = await p.login(ctx)
-        async with async_file_lock(cred.name):
+        async with self.store.lock(cred.name):
             await self._keep(cred)
         self._cache[cred.name] = cred
         return cred
@@ -357,7 +356,7 @@ class TokenService:
         before anything else may fail. NeedsLogin (nothing stored) when the grant is dead."""
         p = get_provider(seed.provider)
         endpoints = self.endpoints(p.name)
-        async with self._lock(seed.name), async_file_lock(seed.name):
+        async with self._lock(seed.name), self.store.lock(seed.name):
             fresh = await p.refresh(self.http, endpoints, seed)
             if p.rotates_refresh:
                 await self._keep(fresh)  # the source's refresh token is spent now
@@ -379,10 +378,10 @@ class TokenService:
         refresh made by the CLI or another proxy), once the store says something changed.
         Returns the ones that are new logins (`login_at` differs), whose bucket may now be
         another account."""
-        mark = await asyncio.to_thread(changes)
-        if mark == self._mark:
+        mark = await asyncio.to_thread(self.store.changes)
+        last, self._mark = self._mark, mark
+        if last is None or mark == last:
             return []
-        self._mark = mark
         held = [c for n, c in self._cache.items() if n not in self._held]
         stored = await asyncio.to_thread(lambda: {c.name: self._stored(c) for c in held})
         new_logins = []

@@ -12,10 +12,12 @@ from .base import Store, entry_name
 from .files import FileStore
 from .keyrings import KeyringStore, probe
 from .lock import async_file_lock, file_lock
+from .redis_store import RedisStore, is_redis_url
 
 __all__ = [
     "FileStore",
     "KeyringStore",
+    "RedisStore",
     "Store",
     "async_file_lock",
     "entry_name",
@@ -24,8 +26,13 @@ __all__ = [
 ]
 
 
-def open_store() -> Store:
-    forced = os.environ.get("KEYSWAP_STORE", "").strip().lower()
+def open_store(url: str | None = None) -> Store:
+    """The store `KEYSWAP_STORE` names (keyring, file, or a redis:// URL), else the config's
+    `[store] url` (`url`), else the keyring when one works, else the file store."""
+    forced = os.environ.get("KEYSWAP_STORE", "").strip() or (url or "")
+    if is_redis_url(forced):
+        return RedisStore(forced)
+    forced = forced.lower()
     if forced == "file":
         return FileStore()
     if forced == "keyring":
@@ -34,5 +41,7 @@ def open_store() -> Store:
             raise StoreError(f"KEYSWAP_STORE=keyring, but the keyring does not work: {why}")
         return KeyringStore()
     if forced:
-        raise StoreError(f"KEYSWAP_STORE={forced!r} is not valid; use 'keyring' or 'file'")
+        raise StoreError(
+            f"KEYSWAP_STORE={forced!r} is not valid; use 'keyring', 'file' or a redis:// URL"
+        )
     return KeyringStore() if probe() is None else FileStore()

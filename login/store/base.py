@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
 
 from pydantic import ValidationError
 
 from ..credential import Credential
 from ..errors import CorruptEntry
-from .lock import mark_changed
+from . import lock
 
 
 def entry_name(provider: str, bucket: str) -> str:
@@ -49,12 +50,24 @@ class Store(ABC):
 
     def save(self, cred: Credential) -> None:
         self._write(cred.name, cred.to_json().encode())
-        mark_changed()
+        self._mark()
 
     def delete(self, provider: str, bucket: str) -> bool:
         removed = self._remove(entry_name(provider, bucket))
-        mark_changed()
+        self._mark()
         return removed
+
+    def _mark(self) -> None:
+        """Tell the other processes using this store that an entry changed (`changes`)."""
+        lock.mark_changed()
+
+    def changes(self) -> bytes:
+        """A value that moves whenever any process saves or deletes an entry."""
+        return lock.changes()
+
+    def lock(self, name: str) -> AbstractAsyncContextManager[None]:
+        """The lock every process using this store takes to refresh or replace `name`."""
+        return lock.async_file_lock(name)
 
     def buckets(self, provider: str) -> list[str]:
         prefix = f"{provider}:"

@@ -15,6 +15,7 @@ import re
 import select
 import ssl
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -180,6 +181,8 @@ class FakeServer:
         self._calls: list[Call] = []
         self._routes: list[Route] = []
         self.errors: list[str] = []  # tracebacks of handler bugs (answered with 500)
+        # Paths whose requests wait this many seconds before they are handled (`stall`).
+        self.stalls: dict[str, float] = {}
         self._httpd = _HTTPServer(self)
         scheme = "http"
         if tls is not None:
@@ -312,6 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
         if raw is None:
             self.close_connection = True
             reply = json_reply({"error": "invalid_request", "error_description": "bad body"}, 400)
+        elif self._stalled_and_gone():
+            self.close_connection = True  # the client left before the server got to it
+            return
         else:
             reply = self.server.app.dispatch(parse_request(self.command, self.path, headers, raw))
         if reply.stream is not None:
@@ -365,6 +371,18 @@ class _Handler(BaseHTTPRequestHandler):
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
+
+    def _stalled_and_gone(self) -> bool:
+        """Hold a request to a stalled path (`FakeServer.stall`) before handling it; True when
+        its client went away meanwhile (then it is never handled, as by a server that had
+        not read it yet)."""
+        seconds = self.server.app.stalls.get(self.path.partition("?")[0], 0.0)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._peer_closed():
+                return True
+            time.sleep(0.02)
+        return False
 
     def _peer_closed(self) -> bool:
         """While a response streams, an HTTP/1.1 client has nothing to send: a readable socket

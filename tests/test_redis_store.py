@@ -1,0 +1,277 @@
+"""The shared store in a real redis-server (issue 18): entries encrypted with a key Redis
+never sees, a wrong or missing key refused, one refresh across processes that share nothing
+but Redis, a lease that outlives a killed holder, a stale holder that cannot overwrite its
+successor, and a bounded wait when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+from login.credential import Credential
+from login.errors import CorruptEntry, StoreError
+from login.store import redis_store
+from login.store.redis_store import RedisStore, new_key
+from tests.conftest import ROOT, User
+from tests.fakes.oauth import FakeOAuth
+from tests.redis_server import RedisServer
+from tests.test_login import login_anthropic, status
+
+TOKEN = "sk-ant-oat01-" + "t" * 40
+REFRESH = "sk-ant-ort01-" + "r" * 40
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path) as s:
+        yield s
+
+
+@pytest.fixture
+def key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    value = new_key()
+    monkeypatch.setenv("KEYSWAP_STORE_KEY", value)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setattr(redis_store, "_keyring_key", lambda: None)
+    return value
+
+
+def cred(token: str = TOKEN, updated: float = 1.0) -> Credential:
+    return Credential(
+        provider="anthropic",
+        bucket="work",
+        access_token=SecretStr(token),
+        refresh_token=SecretStr(REFRESH),
+        expires_at=time.time() + 3600,
+        account="someone@example.com",
+        updated_at=updated,
+    )
+
+
+def everything_in(url: str) -> bytes:
+    r = redis.Redis.from_url(url)
+    out = b""
+    for k in r.scan_iter("*"):
+        kind = r.type(k)
+        out += k + b"="
+        if kind == b"string":
+            out += r.get(k) or b""
+        elif kind == b"set":
+            out += b",".join(sorted(r.smembers(k)))
+    return out
+
+
+def test_entries_are_encrypted_and_listed(server: RedisServer, key: str) -> None:
+    store = RedisStore(server.url)
+    assert store.names() == []
+    mark = store.changes()
+    store.save(cred())
+    assert store.changes() != mark
+    assert store.names() == ["anthropic:work"]
+    loaded = store.load("anthropic", "work")
+    assert loaded is not None and loaded.token == TOKEN and loaded.refresh == REFRESH
+    dump = everything_in(server.url)
+    for secret in (TOKEN, REFRESH, "someone@example.com", key):
+        assert secret.encode() not in dump
+    assert store.delete("anthropic", "work") and store.names() == []
+    assert store.load("anthropic", "work") is None
+
+
+def test_a_wrong_or_missing_key_is_refused_never_plaintext(
+    server: RedisServer, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    RedisStore(server.url).save(cred())
+    monkeypatch.setenv("KEYSWAP_STORE_KEY", new_key())
+    with pytest.raises(StoreError, match="not the one the logins in Redis"):
+        RedisStore(server.url)
+    monkeypatch.setenv("KEYSWAP_STORE_KEY", "short")
+    with pytest.raises(StoreError, match="not a store key"):
+        RedisStore(server.url)
+    monkeypatch.delenv("KEYSWAP_STORE_KEY")
+    with pytest.raises(StoreError, match="KEYSWAP_STORE_KEY"):
+        RedisStore(server.url)
+
+
+def test_a_damaged_entry_is_that_entrys_problem(server: RedisServer, key: str) -> None:
+    store = RedisStore(server.url)
+    store.save(cred())
+    redis.Redis.from_url(server.url).set("keyswap:tok:anthropic:work", b"x" * 40)
+    with pytest.raises(CorruptEntry, match="does not decrypt"):
+        store.load("anthropic", "work")
+
+
+def test_a_stale_lease_holder_cannot_overwrite_its_successor(server: RedisServer, key: str) -> None:
+    first, second = RedisStore(server.url), RedisStore(server.url)  # two proxies
+
+    async def go() -> None:
+        async with first.lock("anthropic:work"):
+            # The first holder stalls past its lease (it ran out; Redis let it go) ...
+            redis.Redis.from_url(server.url).delete("keyswap:lock:anthropic:work")
+            async with second.lock("anthropic:work"):
+                second.save(cred("sk-ant-oat01-successor-" + "s" * 20, updated=3.0))
+            # ... and wakes up with its older result: refused, the successor's stays.
+            with pytest.raises(StoreError, match="a later refresh"):
+                first.save(cred("sk-ant-oat01-stale-" + "o" * 20, updated=2.0))
+
+    asyncio.run(go())
+    kept = first.load("anthropic", "work")
+    assert kept is not None and kept.token.startswith("sk-ant-oat01-successor-")
+
+
+def test_the_lease_is_exclusive_and_waits_bounded_when_redis_is_down(
+    server: RedisServer, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "LOCK_WAIT", 1.0)
+    a, b = RedisStore(server.url), RedisStore(server.url)
+
+    async def held() -> None:
+        async with a.lock("anthropic:work"):
+            with pytest.raises(StoreError, match="another proxy holds it"):
+                async with b.lock("anthropic:work"):
+                    pass
+
+    asyncio.run(held())
+    server.stop()
+
+    async def down() -> None:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="does not answer"):
+            async with b.lock("anthropic:work"):
+                pass
+        assert time.monotonic() - started < 5
+
+    asyncio.run(down())
+
+
+# -- processes that share nothing but Redis ---------------------------------------------------
+
+CALLERS = textwrap.dedent(
+    """
+    import asyncio, hashlib, os, sys, time
+    from login.config import load_config
+    from login.tokens import TokenService
+
+    async def main() -> None:
+        go = sys.argv[1]
+        while not os.path.exists(go):
+            time.sleep(0.005)
+        svc = TokenService(load_config())
+        try:
+            got = await asyncio.gather(*(svc.access("anthropic", "default") for _ in range(100)))
+        finally:
+            await svc.aclose()
+        print(" ".join(sorted({hashlib.sha256(a.token.encode()).hexdigest() for a in got})))
+
+    asyncio.run(main())
+    """
+)
+
+
+def machine(user: User, tmp_path: Path, name: str) -> dict[str, str]:
+    """The environment of another machine: its own home and data dir (no file lock in
+    common), the same Redis and store key."""
+    home = tmp_path / name
+    return {
+        **user.env,
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
+
+
+@pytest.fixture
+def shared(user: User, server: RedisServer) -> User:
+    user.env["KEYSWAP_STORE"] = server.url
+    user.env["KEYSWAP_STORE_KEY"] = new_key()
+    return user
+
+
+def expire(user: User) -> None:
+    code = (
+        "import time; from login.store import open_store; s = open_store(); "
+        "c = s.load('anthropic', 'default'); "
+        "s.save(c.model_copy(update={'expires_at': time.time() - 1}))"
+    )
+    subprocess.run([sys.executable, "-c", code], env=user.env, cwd=ROOT, check=True)
+
+
+def test_three_processes_refresh_a_rotating_token_once(
+    shared: User, fake: FakeOAuth, tmp_path: Path
+) -> None:
+    shared.write_config(fake.config_toml("anthropic"))
+    login_anthropic(shared, fake)
+    [entry] = status(shared)
+    assert entry["store"] == "redis" and entry["state"] == "valid", entry
+    expire(shared)
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CALLERS, str(go)],
+            env=machine(shared, tmp_path, f"m{i}"),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    go.touch()
+    outs = [p.communicate(timeout=90) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    assert fake.count("anthropic", "refresh") == 1
+    [token] = fake.valid_access_tokens("anthropic")
+    assert {out.strip() for out, _ in outs} == {hashlib.sha256(token.encode()).hexdigest()}
+
+
+def test_a_killed_lease_holder_is_replaced_after_its_lease(
+    shared: User, fake: FakeOAuth, tmp_path: Path
+) -> None:
+    shared.write_config(fake.config_toml("anthropic"))
+    login_anthropic(shared, fake)
+    expire(shared)
+    token_path = urlsplit(fake.endpoints("anthropic")["token"]).path
+    fake.stalls[token_path] = 30.0  # the holder's refresh hangs at the token endpoint
+    go = tmp_path / "go"
+    go.touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", CALLERS, str(go)],
+        env=machine(shared, tmp_path, "holder"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    r = redis.Redis.from_url(shared.env["KEYSWAP_STORE"])
+    deadline = time.monotonic() + 20
+    while not r.exists("keyswap:lock:anthropic:default"):
+        assert time.monotonic() < deadline, "the holder never took the lease"
+        time.sleep(0.05)
+    holder.kill()  # kill -9 mid-refresh: its request never reached the token endpoint
+    holder.wait()
+    del fake.stalls[token_path]
+    started = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-c", CALLERS, str(go)],
+        env=machine(shared, tmp_path, "successor"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    waited = time.monotonic() - started
+    assert waited < redis_store.LEASE + 10, waited  # after the lease, not forever
+    assert fake.count("anthropic", "refresh") == 1  # the killed one was never handled
+    [token] = fake.valid_access_tokens("anthropic")
+    assert res.stdout.strip() == hashlib.sha256(token.encode()).hexdigest()
