@@ -248,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bucket", nargs="?", default=DEFAULT_BUCKET, type=_bucket)
     p.set_defaults(run=_refresh)
 
+    from .migrate import add_parser as add_migrate
     from .page import add_parser as add_page
 
     add_page(sub)
+    add_migrate(sub, common)
     return parser
 
 

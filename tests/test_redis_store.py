@@ -275,3 +275,30 @@ def test_a_killed_lease_holder_is_replaced_after_its_lease(
     assert fake.count("anthropic", "refresh") == 1  # the killed one was never handled
     [token] = fake.valid_access_tokens("anthropic")
     assert res.stdout.strip() == hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_logins_move_between_the_file_store_and_redis(
+    user: User, fake: FakeOAuth, server: RedisServer
+) -> None:
+    user.write_config(fake.config_toml("anthropic"))
+    login_anthropic(user, fake)
+    login_anthropic(user, fake, "work")
+    key = user.run("migrate", "--new-key")
+    assert key.code == 0 and len(key.out.strip()) == 44
+    user.env["KEYSWAP_STORE_KEY"] = key.out.strip()
+    moved = user.run("migrate", "--to", server.url)
+    assert moved.code == 0 and "moved 2 of 2 logins" in moved.err, moved.err
+    assert [e["bucket"] for e in status(user)] == []  # gone from the file store
+    user.env["KEYSWAP_STORE"] = server.url
+    listed = status(user)
+    assert [(e["bucket"], e["store"], e["state"]) for e in listed] == [
+        ("default", "redis", "valid"),
+        ("work", "redis", "valid"),
+    ]
+    again = user.run("migrate", "--to", server.url)
+    assert again.code == 1 and "already" in again.err
+    back = user.run("migrate", "--to", "file")
+    assert back.code == 0 and "moved 2 of 2" in back.err
+    assert status(user) == []
+    user.env["KEYSWAP_STORE"] = "file"
+    assert len(status(user)) == 2
