@@ -302,3 +302,45 @@ def test_logins_move_between_the_file_store_and_redis(
     assert status(user) == []
     user.env["KEYSWAP_STORE"] = "file"
     assert len(status(user)) == 2
+
+
+def test_a_proxy_keeps_serving_while_redis_is_down_and_recovers(user: User, tmp_path: Path) -> None:
+    """Valid tokens in memory keep working without Redis; a refresh, which needs the lease,
+    fails with a clear 503 instead of refreshing unlocked; Redis back, service is back."""
+    from tests.e2e import stack
+    from tests.test_addon import http_client
+
+    with RedisServer(tmp_path) as server, stack(user, tmp_path) as s:
+        user.env["KEYSWAP_STORE"] = server.url
+        user.env["KEYSWAP_STORE_KEY"] = new_key()
+        s.login_anthropic("a")
+        s.login_anthropic("b")
+        expire_code = (
+            "import time; from login.store import open_store; s = open_store(); "
+            "c = s.load('anthropic', 'b'); "
+            "s.save(c.model_copy(update={'expires_at': time.time() - 1}))"
+        )
+        subprocess.run([sys.executable, "-c", expire_code], env=user.env, cwd=ROOT, check=True)
+        body = {"model": "m", "max_tokens": 5, "messages": []}
+        url = "https://api.anthropic.com/v1/messages"
+        with s.proxy() as proxy, http_client(proxy) as client:
+
+            def ask(bucket: str) -> int:
+                headers = {"x-api-key": f"oauth:anthropic:{bucket}"}
+                return client.post(url, headers=headers, json=body).status_code
+
+            assert ask("a") == 200
+            server.stop()
+            assert [ask("a") for _ in range(3)] == [200, 200, 200]
+            failed = client.post(
+                url, headers={"x-api-key": "oauth:anthropic:b"}, json=body, timeout=60
+            )
+            assert failed.status_code == 503, failed.text
+            assert "no refresh lease" in failed.text and "does not answer" in failed.text
+            assert failed.json()["type"] == "error"  # Anthropic's error shape
+            assert s.oauth.count("anthropic", "refresh") == 0  # never without the lease
+            proxy.wait_for("cannot read the token store: Redis at")
+            server.start()
+            assert ask("b") == 200
+        assert s.oauth.count("anthropic", "refresh") == 1
+        assert proxy.output.count("cannot read the token store") == 1  # one line, not one a second
