@@ -334,10 +334,12 @@ class TokenService:
         bucket: str,
         ui: LoginUI,
         *,
-        timeout: float = 300.0,
+        timeout: float | None = None,
+        device: bool = False,
     ) -> Credential:
+        """Sign in (see LoginContext for `timeout` and `device`) and keep the login."""
         p = get_provider(provider)
-        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout)
+        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout, device)
         cred = await p.login(ctx)
         async with async_file_lock(cred.name):
             await self._keep(cred)
