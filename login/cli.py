@@ -245,6 +245,7 @@ def _login(args: argparse.Namespace) -> int:
             ui,
             timeout=args.timeout,
             device=device,
+            paste=args.no_browser,
         )
         await service.settle(cred.name)
         return cred

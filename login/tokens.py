@@ -336,10 +336,11 @@ class TokenService:
         *,
         timeout: float | None = None,
         device: bool = False,
+        paste: bool = False,
     ) -> Credential:
-        """Sign in (see LoginContext for `timeout` and `device`) and keep the login."""
+        """Sign in (see LoginContext for `timeout`, `device` and `paste`) and keep the login."""
         p = get_provider(provider)
-        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout, device)
+        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout, device, paste)
         cred = await p.login(ctx)
         async with async_file_lock(cred.name):
             await self._keep(cred)

@@ -162,16 +162,43 @@ def test_codex_consent_denied(user: User, fake: FakeOAuth) -> None:
     assert status(user) == []
 
 
+def busy_port() -> socket.socket:
+    """A listening socket on a loopback port, as another program holding it would."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    return busy
+
+
 def test_callback_port_in_use_is_a_clear_error(user: User, fake: FakeOAuth) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
+    # Without --no-browser nothing says a code will be pasted: the login stops and says how.
+    with busy_port() as busy:
+        port = busy.getsockname()[1]
+        user.write_config(
+            fake.config_toml("gemini")
+            + f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        )
+        res = user.run("gemini", timeout=20)
+    assert res.code == 1
+    [line] = res.err.strip().splitlines()
+    assert f"port {port}" in line and "in use" in line and "--no-browser" in line
+    assert "Traceback" not in res.err
+
+
+def test_callback_port_in_use_with_no_browser_goes_on_by_paste(user: User, fake: FakeOAuth) -> None:
+    with busy_port() as busy:
         port = busy.getsockname()[1]
         codex_config(user, fake, port)
-        res = user.run("codex", "--no-browser", timeout=20)
-    assert res.code == 1
-    assert f"port {port}" in res.err and "in use" in res.err
-    assert "Traceback" not in res.err
+        proc = user.start("codex", "--no-browser")
+        line = proc.wait_for("in use")
+        assert f"port {port}" in line and "paste" in line
+        callback = visit(authorize_url(proc, fake))
+        assert callback.startswith(f"http://localhost:{port}/auth/callback?")
+        proc.send(callback + "\n")
+        res = proc.finish()
+    assert res.code == 0, res.err
+    assert "run with --no-browser" not in res.err
+    assert status(user)[0]["account"] == "user@example.com"
 
 
 # -- Codex: device code (docs/providers.md §2.1) -------------------------------------------

@@ -152,6 +152,9 @@ class LoginContext:
     # Sign in with the provider's device code instead of its browser sign-in
     # (`device_alternative`).
     device: bool = False
+    # The person will paste the answer (`--no-browser`): a callback port that cannot be
+    # listened on is said, and the sign-in goes on by paste alone.
+    paste: bool = False
 
 
 class Provider(BaseModel):
@@ -231,10 +234,16 @@ class Provider(BaseModel):
             fallback = self.fallback_ports if default else ()
             try:
                 listener = authcode.CallbackListener.bind(redirect_uri, state, fallback)
-            except LoginError:
-                if self.callback == "loopback":
-                    raise
+            except authcode.CannotListen as exc:
                 # A paste flow only listens where it can; the pasted code works regardless.
+                # A loopback flow goes on by paste when the person said they would paste.
+                if self.callback == "loopback":
+                    if not ctx.paste:
+                        raise
+                    ctx.ui.step(
+                        f"{exc.reason}, so nothing catches the browser's redirect: paste the "
+                        "URL the browser lands on (or its code) here"
+                    )
             if listener is not None:
                 redirect_uri = listener.redirect_uri
         params = {
