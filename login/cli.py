@@ -17,6 +17,7 @@ from .doctor import DEFAULT_HOST
 from .errors import KeyswapError
 from .hardening import forbid_core_dumps
 from .providers import PROVIDERS, use
+from .providers.base import BROWSER_WAIT
 from .tokens import BAD_STATES, Entry, TokenService
 from .ui import Console
 
@@ -139,14 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
             help="do not open a browser: print the URL, and accept the pasted redirect URL or "
             "code (automatic over SSH and without a display)",
         )
+        if provider.device_alternative:
+            p.add_argument(
+                "--device",
+                action="store_true",
+                help="sign in with a one-time code entered in a browser anywhere, instead of a "
+                "redirect to this machine (the account may first have to allow device codes; "
+                "automatic when no browser opens and stdin is not a terminal)",
+            )
         p.add_argument(
             "--timeout",
             type=float,
-            default=300.0,
             metavar="SECONDS",
-            help="give up after this long",
+            help="give up after this long (default: 300 for a browser sign-in, the code's "
+            "lifetime for a device code)",
         )
-        p.set_defaults(run=_login, provider=name)
+        p.set_defaults(run=_login, provider=name, device=False)
 
     p = sub.add_parser(
         "status", parents=[common], help="show stored logins and whether they are usable"
@@ -290,17 +299,29 @@ def _login(args: argparse.Namespace) -> int:
     service = _service(args)
     ui = Console(no_browser=args.no_browser)
     provider = PROVIDERS[args.provider]
-    if provider.flow == "auth_code":
+    device = args.device
+    if provider.device_alternative and not device and ui.stranded:
+        ui.step("No browser opens here and nothing can be pasted: signing in with a device code")
+        device = True
+    if provider.flow == "auth_code" and not device:
         from .delegate import delegate
 
-        account = asyncio.run(delegate(args.provider, args.bucket, ui, args.timeout))
+        wait = BROWSER_WAIT if args.timeout is None else args.timeout
+        account = asyncio.run(delegate(args.provider, args.bucket, ui, wait))
         if account is not None:
             who = f" as {account}" if account else ""
             ui.done(f"Logged in to {provider.title}{who} (through the running proxy)")
             return 0
 
     async def job() -> Credential:
-        cred = await service.login(args.provider, args.bucket, ui, timeout=args.timeout)
+        cred = await service.login(
+            args.provider,
+            args.bucket,
+            ui,
+            timeout=args.timeout,
+            device=device,
+            paste=args.no_browser,
+        )
         await service.settle(cred.name)
         return cred
 

@@ -339,10 +339,13 @@ class TokenService:
         bucket: str,
         ui: LoginUI,
         *,
-        timeout: float = 300.0,
+        timeout: float | None = None,
+        device: bool = False,
+        paste: bool = False,
     ) -> Credential:
+        """Sign in (see LoginContext for `timeout`, `device` and `paste`) and keep the login."""
         p = get_provider(provider)
-        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout)
+        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout, device, paste)
         cred = await p.login(ctx)
         async with self.store.lock(cred.name):
             await self._keep(cred)

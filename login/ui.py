@@ -34,6 +34,13 @@ class Console:
         self.out = out or sys.stderr
         self.no_browser = no_browser or not can_open_browser()
         self.interactive = sys.stdin.isatty()
+        # `--no-browser` says the answer will be pasted, from a terminal or a pipe.
+        self.can_paste = no_browser or self.interactive
+
+    @property
+    def stranded(self) -> bool:
+        """No browser opens here and nothing can be pasted: a browser sign-in cannot finish."""
+        return self.no_browser and not self.can_paste
 
     async def device_code(self, user_code: str, verification_uri: str) -> None:
         self.step(f"First copy your one-time code: {user_code}")

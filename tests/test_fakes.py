@@ -144,7 +144,10 @@ def test_endpoints_and_config_toml(fake: FakeOAuth) -> None:
     assert set(fake.endpoints("copilot")) == {
         "device_code", "token", "copilot_token", "usage", "user", "api"
     }  # fmt: skip
-    assert set(fake.endpoints("codex")) == {"authorize", "token", "api"}
+    assert set(fake.endpoints("codex")) == {
+        "authorize", "token", "api",
+        "device_usercode", "device_token", "device_verification", "device_redirect_uri",
+    }  # fmt: skip
     assert set(fake.endpoints("anthropic")) == {
         "authorize", "token", "redirect_uri", "profile", "api"
     }  # fmt: skip
@@ -361,6 +364,60 @@ def test_codex_refresh_rotates_and_rejects_reuse(fake: FakeOAuth) -> None:
     assert unknown.status_code == 401
     assert unknown.json()["error"]["code"] == "refresh_token_invalidated"
     assert refresh(fake, "codex", new["refresh_token"], as_json=False).status_code == 200
+
+
+def codex_usercode(fake: FakeOAuth, client_id: str | None = None) -> httpx.Response:
+    client_id = client_id or CLIENTS["codex"].client_id
+    return http.post(fake.endpoints("codex")["device_usercode"], json={"client_id": client_id})
+
+
+def codex_device_poll(fake: FakeOAuth, issued: dict[str, str]) -> httpx.Response:
+    body = {k: issued[k] for k in ("device_auth_id", "user_code")}
+    return http.post(fake.endpoints("codex")["device_token"], json=body)
+
+
+@pytest.mark.parametrize("pending", [403, 404])
+def test_codex_device_code_pending_approved_and_exchanged(fake: FakeOAuth, pending: int) -> None:
+    fake.codex_device_pending = pending
+    issued = codex_usercode(fake).json()
+    assert issued["interval"] == "1", "the interval is a string, as the real server sends it"
+    assert issued["device_auth_id"] and issued["user_code"]
+    assert http.get(fake.endpoints("codex")["device_verification"]).status_code == 200
+    waiting = codex_device_poll(fake, issued)
+    assert waiting.status_code == pending
+    if pending == 403:
+        assert waiting.json()["error"]["code"] == "deviceauth_authorization_pending"
+    assert fake.codex_device_approve() == issued["user_code"]
+    answer = codex_device_poll(fake, issued).json()
+    assert set(answer) == {"authorization_code", "code_challenge", "code_verifier"}
+    assert codex_device_poll(fake, issued).status_code == 404, "single use"
+    body = {
+        "grant_type": "authorization_code",
+        "client_id": CLIENTS["codex"].client_id,
+        "code": answer["authorization_code"],
+        "redirect_uri": fake.endpoints("codex")["device_redirect_uri"],
+        "code_verifier": answer["code_verifier"],
+    }
+    assert token_request(fake, "codex", body | {"redirect_uri": LOOPBACK}).status_code == 400
+    tokens = token_request(fake, "codex", body)
+    assert tokens.status_code == 200, tokens.text
+    claims = jwt_claims(tokens.json()["id_token"])
+    assert claims["https://api.openai.com/auth"]["chatgpt_account_id"] == "acct_123"
+
+
+def test_codex_device_code_disabled_form_and_expiry(fake: FakeOAuth) -> None:
+    assert codex_usercode(fake, "app_other").status_code == 400
+    url = fake.endpoints("codex")["device_usercode"]
+    assert http.post(url, data={"client_id": CLIENTS["codex"].client_id}).status_code == 400
+    fake.codex_device_expires_in = 0.2
+    issued = codex_usercode(fake).json()
+    assert codex_device_poll(fake, issued).status_code == 403
+    time.sleep(0.3)
+    assert codex_device_poll(fake, issued).status_code == 404, "forgotten after its lifetime"
+    with pytest.raises(LookupError):
+        fake.codex_device_approve(issued["user_code"], timeout=0.1)
+    fake.codex_device_enabled = False
+    assert codex_usercode(fake).status_code == 404
 
 
 def test_concurrent_refreshes_of_one_token_succeed_once(fake: FakeOAuth) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import stat
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import User, free_port
+from tests.conftest import ROOT, User, free_port
 from tests.fakes.oauth import FakeOAuth
 
 URL = re.compile(r"https?://\S+")
@@ -159,18 +162,153 @@ def test_codex_consent_denied(user: User, fake: FakeOAuth) -> None:
     assert status(user) == []
 
 
-def test_callback_port_in_use_is_a_clear_error(user: User, fake: FakeOAuth) -> None:
-    import socket
+def busy_port() -> socket.socket:
+    """A listening socket on a loopback port, as another program holding it would."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    return busy
 
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
+
+def test_callback_port_in_use_is_a_clear_error(user: User, fake: FakeOAuth) -> None:
+    # Without --no-browser nothing says a code will be pasted: the login stops and says how.
+    with busy_port() as busy:
+        port = busy.getsockname()[1]
+        user.write_config(
+            fake.config_toml("gemini")
+            + f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        )
+        res = user.run("gemini", timeout=20)
+    assert res.code == 1
+    [line] = res.err.strip().splitlines()
+    assert f"port {port}" in line and "in use" in line and "--no-browser" in line
+    assert "Traceback" not in res.err
+
+
+def test_callback_port_in_use_with_no_browser_goes_on_by_paste(user: User, fake: FakeOAuth) -> None:
+    with busy_port() as busy:
         port = busy.getsockname()[1]
         codex_config(user, fake, port)
-        res = user.run("codex", "--no-browser", timeout=20)
+        proc = user.start("codex", "--no-browser")
+        line = proc.wait_for("in use")
+        assert f"port {port}" in line and "paste" in line
+        callback = visit(authorize_url(proc, fake))
+        assert callback.startswith(f"http://localhost:{port}/auth/callback?")
+        proc.send(callback + "\n")
+        res = proc.finish()
+    assert res.code == 0, res.err
+    assert "run with --no-browser" not in res.err
+    assert status(user)[0]["account"] == "user@example.com"
+
+
+# -- Codex: device code (docs/providers.md §2.1) -------------------------------------------
+
+
+def stored_extra(user: User, provider: str, bucket: str = "default") -> dict[str, str]:
+    """What the stored login keeps beside its tokens (account id, plan)."""
+    code = (
+        "import json, sys; from login.config import load_config; "
+        "from login.tokens import TokenService; "
+        "c = TokenService(load_config()).store.load(sys.argv[1], sys.argv[2]); "
+        "print(json.dumps(c.extra))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, provider, bucket],
+        env=user.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    extra: dict[str, str] = json.loads(done.stdout)
+    return extra
+
+
+def device_secrets(fake: FakeOAuth) -> set[str]:
+    """The device-flow values that must never be printed: every device id asked for, and
+    every authorization code and verifier handed out."""
+    sent = {c.body["device_auth_id"] for c in fake.calls if c.endpoint == "device_token"}
+    handed = {v for a in fake.codex_device_answers for v in a.values()}
+    return {str(v) for v in sent | handed}
+
+
+@pytest.mark.parametrize(("pending", "args"), [(403, ["--device"]), (404, [])])
+def test_codex_device_login(user: User, fake: FakeOAuth, pending: int, args: list[str]) -> None:
+    """--device, or (without it) no browser and a stdin that is no terminal: the code is
+    shown, polls get 403 or 404 until it is approved, then the code is exchanged."""
+    fake.codex_device_pending = pending
+    user.write_config(fake.config_toml("codex"))
+    proc = user.start("codex", *args)
+    if not args:
+        proc.wait_for("signing in with a device code")
+    code = proc.wait_for("one-time code").rsplit(" ", 1)[-1]
+    proc.wait_for(fake.endpoints("codex")["device_verification"])
+    deadline = time.monotonic() + 10
+    while fake.count("codex", "device_token") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fake.codex_device_approve(code)
+    res = proc.finish()
+    assert res.code == 0, res.err
+    assert "Logged in to ChatGPT (Codex) as user@example.com" in res.err
+    [entry] = status(user)
+    assert (entry["provider"], entry["account"], entry["state"]) == (
+        "codex",
+        "user@example.com",
+        "valid",
+    )
+    assert stored_extra(user, "codex")["account_id"] == "acct_123"
+    [ask] = [c for c in fake.calls if c.endpoint == "device_usercode"]
+    assert ask.body == {"client_id": "app_EMoamEEZ73f0CkXaXp7hrann"}
+    polls = [c for c in fake.calls if c.endpoint == "device_token"]
+    assert len(polls) >= 3 and set(polls[0].body or {}) == {"device_auth_id", "user_code"}
+    [exchange] = [c for c in fake.calls if c.provider == "codex" and c.endpoint == "token"]
+    assert exchange.body is not None
+    assert exchange.body["redirect_uri"] == fake.endpoints("codex")["device_redirect_uri"]
+    assert exchange.body["grant_type"] == "authorization_code"
+    assert not [s for s in device_secrets(fake) if s in res.err + res.out]
+
+
+def test_codex_device_login_not_enabled(user: User, fake: FakeOAuth) -> None:
+    fake.codex_device_enabled = False
+    user.write_config(fake.config_toml("codex"))
+    res = user.run("codex", "--device", timeout=20)
     assert res.code == 1
-    assert f"port {port}" in res.err and "in use" in res.err
+    [line] = res.err.strip().splitlines()
+    assert line.startswith("✘ device code sign-in is not enabled")
+    assert "device code authorization for Codex" in line and "Settings → Security" in line
+    assert status(user) == []
+
+
+def test_codex_device_code_not_approved_in_time(user: User, fake: FakeOAuth) -> None:
+    # The fake forgets the code after 1 s (its polls then get 404, still "not yet" to the
+    # client); the client's own limit, here --timeout 3 instead of 15 minutes, ends it.
+    fake.codex_device_expires_in = 1
+    user.write_config(fake.config_toml("codex"))
+    res = user.run("codex", "--device", "--timeout", "3", timeout=30)
+    assert res.code == 1
+    last = res.err.strip().splitlines()[-1]
+    assert last == "✘ the device code was not approved within 3 s; run the login again"
     assert "Traceback" not in res.err
+    assert fake.count("codex", "device_token") >= 2
+    assert not [s for s in device_secrets(fake) if s in res.err + res.out]
+    assert status(user) == []
+
+
+def test_codex_device_poll_error_is_one_line_without_secrets(user: User, fake: FakeOAuth) -> None:
+    user.write_config(fake.config_toml("codex"))
+    proc = user.start("codex", "--device")
+    proc.wait_for("one-time code")
+    # The server breaks down, quoting what it was sent.
+    fake.codex_device_reply = lambda body: (
+        500,
+        {"error": {"message": f"no device {body['device_auth_id']}", "code": "server_error"}},
+    )
+    res = proc.finish()
+    assert res.code == 1
+    last = res.err.strip().splitlines()[-1]
+    assert last == "✘ device code sign-in failed: server_error: no device (redacted)"
+    assert not [s for s in device_secrets(fake) if s in res.err + res.out]
 
 
 def test_login_times_out(user: User, fake: FakeOAuth) -> None:
@@ -353,6 +491,9 @@ def test_every_help_reads(user: User) -> None:
     ):
         res = user.run(*args)
         assert res.code == 0 and res.out.startswith("usage: python -m login"), args
+    # Only a provider with a device code beside its browser sign-in offers --device.
+    assert "--device" in user.run("codex", "--help").out
+    assert "--device" not in user.run("anthropic", "--help").out
 
 
 def test_enable_and_disable_edit_the_config_in_place(user: User) -> None:

@@ -70,6 +70,16 @@ def parse_pasted(text: str) -> Callback | None:
     return Callback(code, state or None)
 
 
+class CannotListen(LoginError):
+    """The loopback callback cannot be listened on. `reason` says why in a few words (the
+    port is taken, ...); the message adds what to do."""
+
+    def __init__(self, reason: str, busy: bool) -> None:
+        self.reason = reason
+        ask = "is another login running? Close it, or run" if busy else "run"
+        super().__init__(f"{reason}: {ask} with --no-browser and paste the redirect URL or code")
+
+
 class _CallbackHandler(RequestHandler):
     def initialize(self, listener: CallbackListener) -> None:
         self.listener = listener
@@ -111,7 +121,9 @@ class CallbackListener:
                 sockets = bind_sockets(port, address)
             except OSError as exc:
                 if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                    raise LoginError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
+                    raise CannotListen(
+                        f"cannot listen on {address}:{port} ({exc.strerror})", busy=False
+                    ) from None
                 last = exc
                 continue
             bound = sockets[0].getsockname()[1]
@@ -123,9 +135,9 @@ class CallbackListener:
             listener._server.add_sockets(sockets)
             return listener
         tried = ", ".join(str(p) for p in ports)
-        raise LoginError(
-            f"port {tried} on {address} is in use ({last.strerror if last else 'busy'}): "
-            "is another login running? Close it, or run with --no-browser and paste the code"
+        raise CannotListen(
+            f"port {tried} on {address} is in use ({last.strerror if last else 'busy'})",
+            busy=True,
         )
 
     def offer(self, cb: Callback) -> tuple[bool, str]:

@@ -138,13 +138,25 @@ class LocalReply:
     content_type: str = "application/json"
 
 
+# How long a browser sign-in waits for its callback or a pasted code, unless told otherwise.
+BROWSER_WAIT = 300.0
+
+
 @dataclass
 class LoginContext:
     http: httpx.AsyncClient
     endpoints: Mapping[str, str]
     ui: LoginUI
     bucket: str
-    timeout: float = 300.0
+    # Give up after this long; None: the flow's own limit (BROWSER_WAIT for a browser sign-in,
+    # the code's lifetime for a device code).
+    timeout: float | None = None
+    # Sign in with the provider's device code instead of its browser sign-in
+    # (`device_alternative`).
+    device: bool = False
+    # The person will paste the answer (`--no-browser`): a callback port that cannot be
+    # listened on is said, and the sign-in goes on by paste alone.
+    paste: bool = False
 
 
 class Provider(BaseModel):
@@ -167,6 +179,10 @@ class Provider(BaseModel):
     # "paste": the provider's page shows the code and the user pastes it (a loopback
     # redirect URI from the config is listened on too, if its port is free).
     callback: Literal["loopback", "paste"] = "loopback"
+    # An auth-code provider that also offers a device code (`_device_login`), for machines
+    # where no browser can reach the loopback callback: `--device`, or automatic when no
+    # browser opens and nothing can be pasted.
+    device_alternative: bool = False
     # Refresh this many seconds before the access token expires.
     refresh_skew: float = 300.0
     # How long an access token is trusted when its answer gives no usable expiry; short of
@@ -195,13 +211,17 @@ class Provider(BaseModel):
     # -- login ---------------------------------------------------------------------------
 
     async def login(self, ctx: LoginContext) -> Credential:
-        if self.flow == "device":
+        if ctx.device and self.flow != "device" and not self.device_alternative:
+            raise LoginError(f"{self.title} has no device-code sign-in")
+        if self.flow == "device" or ctx.device:
             tokens = await self._device_login(ctx)
         else:
             tokens = await self._auth_code_login(ctx)
         return await self.finish_login(ctx, tokens)
 
     async def _device_login(self, ctx: LoginContext) -> dict[str, Any]:
+        """The token answer of a device-code sign-in (RFC 8628); a provider whose device flow
+        differs (or that offers one beside its browser sign-in) overrides this."""
         scope = " ".join(self.scopes)
         code = await device.request_code(
             ctx.http, ctx.endpoints["device_code"], self.client_id, scope
@@ -219,10 +239,16 @@ class Provider(BaseModel):
             fallback = self.fallback_ports if default else ()
             try:
                 listener = authcode.CallbackListener.bind(redirect_uri, state, fallback)
-            except LoginError:
-                if self.callback == "loopback":
-                    raise
+            except authcode.CannotListen as exc:
                 # A paste flow only listens where it can; the pasted code works regardless.
+                # A loopback flow goes on by paste when the person said they would paste.
+                if self.callback == "loopback":
+                    if not ctx.paste:
+                        raise
+                    ctx.ui.step(
+                        f"{exc.reason}, so nothing catches the browser's redirect: paste the "
+                        "URL the browser lands on (or its code) here"
+                    )
             if listener is not None:
                 redirect_uri = listener.redirect_uri
         params = {
@@ -242,15 +268,27 @@ class Provider(BaseModel):
             if listener is not None:
                 listener.close()
             raise
-        code = await authcode.wait_for_code(listener, state, ctx.ui, ctx.timeout)
+        wait = BROWSER_WAIT if ctx.timeout is None else ctx.timeout
+        code = await authcode.wait_for_code(listener, state, ctx.ui, wait)
+        return await self.exchange_code(ctx, code, redirect_uri, pkce.verifier, state)
+
+    async def exchange_code(
+        self,
+        ctx: LoginContext,
+        code: str,
+        redirect_uri: str,
+        verifier: str,
+        state: str | None = None,
+    ) -> dict[str, Any]:
+        """The token endpoint's answer to an authorization code (with its PKCE verifier)."""
         form = {
             "grant_type": "authorization_code",
             "code": code,
             "redirect_uri": redirect_uri,
             "client_id": self.client_id,
-            "code_verifier": pkce.verifier,
+            "code_verifier": verifier,
         }
-        if self.send_state_in_exchange:
+        if self.send_state_in_exchange and state is not None:
             form["state"] = state
         return await self.token_request(ctx.http, ctx.endpoints["token"], form, "signing in")
 

@@ -1,5 +1,6 @@
 """OpenAI Codex (ChatGPT Plus/Pro): auth code + PKCE against auth.openai.com with the
-Codex CLI's client; the ChatGPT account id comes from the id_token (docs/providers.md §2)."""
+Codex CLI's client, or its device code (`--device`); the ChatGPT account id comes from the
+id_token (docs/providers.md §2)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from ..credential import Credential, jwt_claims
-from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds
+from ..errors import LoginError
+from ..flows import device
+from ..flows.http import body_of, error_text, send
+from ..redact import redact
+from .base import ApiCall, LocalReply, LoginContext, Provider, Route, seconds, token_text
 from .ratelimit import json_object, latest
 from .sessions import body_id, header_id
 from .shapes import BodyShape
@@ -47,6 +54,17 @@ OUTCOMES: dict[int, Outcome] = {
 }
 
 
+# The device-code sign-in (docs/providers.md §2.1; codex `device_code_auth.rs`): the official
+# CLI gives up on an unapproved code after 15 minutes; a 404 on the user-code request means
+# the account has not allowed device codes.
+DEVICE_WAIT = 15 * 60.0
+DEVICE_NOT_ENABLED = (
+    'device code sign-in is not enabled for this ChatGPT account: turn on "device code '
+    'authorization for Codex" in ChatGPT Settings → Security (a workspace account: ask its '
+    "admin), or sign in without --device"
+)
+
+
 class Codex(Provider):
     def import_sources(self) -> tuple[Source, ...]:
         """The Codex CLI's `$CODEX_HOME/auth.json` (default `~/.codex`), as its
@@ -55,6 +73,53 @@ class Codex(Provider):
         home = os.environ.get("CODEX_HOME")
         base = Path(home).expanduser() if home else Path.home() / ".codex"
         return (Source("Codex CLI", "`codex login`", (base / "auth.json",), _auth_json),)
+
+    async def _device_login(self, ctx: LoginContext) -> dict[str, Any]:
+        """Ask for a user code, show it, poll until it is approved (403 and 404 mean not
+        yet), then exchange the authorization code the poll hands back, with the PKCE
+        verifier the server made, as a browser sign-in would."""
+        urls = ctx.endpoints
+        ask = ctx.http.build_request(
+            "POST", urls["device_usercode"], json={"client_id": self.client_id}, headers=_JSON
+        )
+        resp = await send(ctx.http, ask, "requesting a device code")
+        data = body_of(resp)
+        if resp.status_code == 404:
+            raise LoginError(DEVICE_NOT_ENABLED)
+        auth_id = token_text(data.get("device_auth_id"))
+        user_code = token_text(data.get("user_code") or data.get("usercode"))
+        if resp.status_code != 200 or not auth_id or not user_code:
+            why = error_text(data) or f"HTTP {resp.status_code}"
+            raise LoginError(f"requesting a device code failed: {why}")
+        sent = (auth_id, user_code)
+
+        def judge(resp: httpx.Response, data: dict[str, Any]) -> device.Verdict:
+            if resp.status_code in (403, 404):  # `deviceauth_authorization_pending`, or none
+                return "pending"
+            if resp.status_code == 200 and all(
+                token_text(data.get(k)) for k in ("authorization_code", "code_verifier")
+            ):
+                return data
+            why = redact(error_text(data), sent) or f"HTTP {resp.status_code}"
+            raise LoginError(f"device code sign-in failed: {why}")
+
+        await ctx.ui.device_code(user_code, urls["device_verification"])
+        limit = DEVICE_WAIT if ctx.timeout is None else min(DEVICE_WAIT, ctx.timeout)
+        poll = {"device_auth_id": auth_id, "user_code": user_code}
+        answer = await device.poll(
+            ctx.http,
+            lambda: ctx.http.build_request("POST", urls["device_token"], json=poll, headers=_JSON),
+            judge,
+            interval=device.interval_of(data.get("interval")),
+            limit=limit,
+            expired=f"the device code was not approved within {_span(limit)}; run the login again",
+        )
+        return await self.exchange_code(
+            ctx,
+            str(answer["authorization_code"]),
+            urls["device_redirect_uri"],
+            str(answer["code_verifier"]),
+        )
 
     async def finish_login(self, ctx: LoginContext, tokens: dict[str, Any]) -> Credential:
         return self._with_claims(self.credential(ctx.bucket, tokens), tokens)
@@ -273,6 +338,13 @@ _UNSUPPORTED = (
 )
 
 
+_JSON = {"Accept": "application/json"}
+
+
+def _span(limit: float) -> str:
+    return f"{limit / 60:g} minutes" if limit >= 60 else f"{limit:g} s"
+
+
 def _window(name: str, used: float, minutes: float | None, reset: float | None) -> Window | None:
     """A window, unless it says nothing: 0 % used, no length and no reset (the official
     client drops such a window too, `rate_limits.rs` `parse_rate_limit_window`)."""
@@ -296,6 +368,7 @@ PROVIDER = Codex(
     models_path="/models",
     title="ChatGPT (Codex)",
     flow="auth_code",
+    device_alternative=True,
     client_id="app_EMoamEEZ73f0CkXaXp7hrann",
     scopes=("openid", "profile", "email", "offline_access"),
     endpoints={

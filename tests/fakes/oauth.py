@@ -9,10 +9,12 @@ Copilot: GitHub device flow (§1) plus the Copilot token exchange. Codex (§2), 
 Gemini (§3) and Antigravity (§4): authorization code (+PKCE) with the providers' own refresh
 rules, which `CLIENTS` describes as data; Gemini and Antigravity share Google's endpoints and
 tell each other apart by client_id. Code Assist project discovery (§3.4) per `code_assist_mode`.
+Codex also has its device-code sign-in (§2.1): `codex_device_approve` plays the person.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import secrets
@@ -37,7 +39,7 @@ from .server import (
     redirect,
     route,
 )
-from .tokens import RefreshRejected, TokenStore, fake_jwt, pkce_matches
+from .tokens import RefreshRejected, TokenStore, b64url, fake_jwt, pkce_matches
 
 if TYPE_CHECKING:
     import trustme
@@ -58,6 +60,10 @@ PATHS: dict[str, dict[str, str]] = {
     "codex": {
         "authorize": "/openai/oauth/authorize",
         "token": "/openai/oauth/token",
+        "device_usercode": "/openai/api/accounts/deviceauth/usercode",
+        "device_token": "/openai/api/accounts/deviceauth/token",
+        "device_verification": "/openai/codex/device",
+        "device_redirect_uri": "/openai/deviceauth/callback",
         "api": "/codex-api",
     },
     "anthropic": {
@@ -299,6 +305,31 @@ class DeviceCode:
         return now - last < self.interval - min(0.2, self.interval / 2)
 
 
+@dataclass
+class CodexDevice:
+    """A Codex device code (§2.1). The server keeps the PKCE pair and hands the verifier
+    back with the authorization code."""
+
+    device_auth_id: str
+    user_code: str
+    expires_at: float  # time.monotonic()
+    approved: bool = False
+
+
+# What the Codex device endpoints answer while nothing is approved (§2.1: 403 or 404), and
+# to a user-code request when device codes are not enabled (404).
+CODEX_DEVICE_PENDING: dict[int, Json] = {
+    403: {
+        "error": {
+            "message": "Device authorization is pending. Please try again.",
+            "type": "invalid_request_error",
+            "code": "deviceauth_authorization_pending",
+        }
+    },
+    404: {"detail": "Not Found"},
+}
+
+
 class FakeOAuth(FakeServer):
     """Fake OAuth/token endpoints of all keyswap providers. See the module docstring."""
 
@@ -325,6 +356,17 @@ class FakeOAuth(FakeServer):
         self.google_email = "user@example.com"
         self.anthropic_last_paste: str | None = None
         self.code_assist_mode: dict[str, str] = dict.fromkeys(GOOGLE, "existing")
+        # Codex device code (§2.1): the interval goes out as given (a string, as the real
+        # server sends it); pending polls get this status; an unapproved code is forgotten
+        # after `codex_device_expires_in` s (polls for it then get 404, as for any unknown
+        # code); disabled, the user-code request gets 404.
+        self.codex_device_enabled = True
+        self.codex_device_interval: str | float = "1"
+        self.codex_device_pending = 403
+        self.codex_device_expires_in: float = 900
+        self.codex_device_answers: list[Json] = []  # every successful poll's answer
+        # A test's own answer to every device poll, given the poll's body.
+        self.codex_device_reply: Callable[[Json], tuple[int, Json]] | None = None
         # Odd answers on demand: refresh grants (given the refresh token) and Copilot token
         # exchanges (given the GitHub token).
         self.refresh_reply: Tamper | None = None
@@ -332,6 +374,7 @@ class FakeOAuth(FakeServer):
 
         self._tokens = TokenStore()
         self._devices: dict[str, DeviceCode] = {}
+        self._codex_devices: dict[str, CodexDevice] = {}
         self._codes: dict[str, AuthCode] = {}
         self._operations: dict[str, tuple[str, int]] = {}  # op id -> (provider, polls)
         self.add_routes(self._route_table())
@@ -418,6 +461,26 @@ class FakeOAuth(FakeServer):
     def github_expire(self, user_code: str | None = None, timeout: float = 5.0) -> str:
         return self._settle(user_code, "expired", timeout)
 
+    def codex_device_approve(self, user_code: str | None = None, timeout: float = 5.0) -> str:
+        """Approve a live Codex device code (None = the latest), waiting up to `timeout`."""
+
+        def live() -> CodexDevice | None:
+            now = time.monotonic()
+            found = [
+                d
+                for d in self._codex_devices.values()
+                if now < d.expires_at and user_code in (None, d.user_code)
+            ]
+            return found[-1] if found else None
+
+        with self._lock:
+            if not self._lock.wait_for(lambda: live() is not None, timeout):
+                raise LookupError(f"no live Codex device code {user_code or ''}".strip())
+            device = live()
+            assert device is not None
+            device.approved = True
+            return device.user_code
+
     def _pending(self, user_code: str | None) -> DeviceCode | None:
         pending = [
             d
@@ -453,6 +516,9 @@ class FakeOAuth(FakeServer):
             at("GET", "copilot", "usage", self._copilot_usage),
             at("GET", "copilot", "user", self._github_user),
             route("GET", DEVICE_PAGE, self._device_page, ("copilot", "verification")),
+            at("POST", "codex", "device_usercode", self._codex_usercode),
+            at("POST", "codex", "device_token", self._codex_device_poll),
+            at("GET", "codex", "device_verification", self._codex_device_page),
             at("GET", "anthropic", "redirect_uri", self._paste_page),
             at("GET", "anthropic", "profile", self._anthropic_profile),
             route("GET", PATHS["gemini"]["userinfo"], self._google_userinfo, self._userinfo_label),
@@ -619,6 +685,64 @@ class FakeOAuth(FakeServer):
                 },
             }
         )
+
+    # Codex device code (§2.1; codex `device_code_auth.rs`)
+
+    def _codex_usercode(self, req: Request) -> Reply:
+        if not self.codex_device_enabled:
+            raise fail(404, CODEX_DEVICE_PENDING[404])
+        if req.body_kind != "json":
+            raise fail(400, oauth_error("invalid_request", "The body must be JSON."))
+        if req.field("client_id") != CLIENTS["codex"].client_id:
+            raise fail(400, oauth_error("invalid_client", "Unknown client_id."))
+        letters = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+        user_code = "-".join("".join(secrets.choice(letters) for _ in range(4)) for _ in "ab")
+        device = CodexDevice(
+            device_auth_id="deviceauth_" + secrets.token_urlsafe(24),
+            user_code=user_code,
+            expires_at=time.monotonic() + self.codex_device_expires_in,
+        )
+        self._codex_devices[device.device_auth_id] = device
+        return json_reply(
+            {
+                "device_auth_id": device.device_auth_id,
+                "user_code": user_code,
+                "interval": self.codex_device_interval,
+            }
+        )
+
+    def _codex_device_poll(self, req: Request) -> Reply:
+        if req.body_kind != "json":
+            raise fail(400, oauth_error("invalid_request", "The body must be JSON."))
+        if self.codex_device_reply is not None:
+            status, body = self.codex_device_reply(req.body or {})
+            return json_reply(body, status)
+        device = self._codex_devices.get(req.field("device_auth_id") or "")
+        if device is not None and time.monotonic() >= device.expires_at:
+            del self._codex_devices[device.device_auth_id]
+            device = None
+        if device is None or req.field("user_code") != device.user_code:
+            raise fail(404, CODEX_DEVICE_PENDING[404])
+        if not device.approved:
+            status = self.codex_device_pending
+            raise fail(status, CODEX_DEVICE_PENDING[status])
+        del self._codex_devices[device.device_auth_id]
+        verifier = secrets.token_urlsafe(64)
+        challenge = b64url(hashlib.sha256(verifier.encode()).digest())
+        code = secrets.token_urlsafe(24)
+        scope = "openid profile email offline_access"
+        redirect_uri = self._url("codex", "device_redirect_uri")
+        self._codes[code] = AuthCode(CLIENTS["codex"], redirect_uri, scope, "", challenge)
+        answer = {
+            "authorization_code": code,
+            "code_challenge": challenge,
+            "code_verifier": verifier,
+        }
+        self.codex_device_answers.append(answer)
+        return json_reply(answer)
+
+    def _codex_device_page(self, req: Request) -> Reply:
+        return html_reply("<h1>Enter code</h1><p>Enter the code shown in your terminal.</p>")
 
     # authorization code + PKCE (Codex §2, Anthropic §5, Google §3/§4)
 
