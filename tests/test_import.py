@@ -466,3 +466,41 @@ def test_a_terminal_is_asked(user: User, fake: FakeOAuth, answer: str, imported:
     assert proc.returncode == (0 if imported else 1), err
     assert len(status(user)) == (1 if imported else 0)
     assert fake.count("codex", "refresh") == (1 if imported else 0)
+
+
+def test_imported_logins_serve_through_the_proxy_without_a_browser(
+    user: User, tmp_path: Path
+) -> None:
+    """Issue 16's "done when": a machine where the Codex CLI and Claude Code are logged in;
+    `import codex` and `import anthropic` (no browser), then both serve through a real
+    mitmdump with the imported accounts."""
+    from tests.e2e import stack
+    from tests.test_addon import http_client
+
+    with stack(user, tmp_path) as s:
+        _, codex = codex_auth(user, s.oauth)
+        claude = claude_credentials(s.oauth, user.home / ".claude", expired=False)
+        for provider in ("codex", "anthropic"):
+            res = user.run("import", provider, "--yes")
+            assert res.code == 0, res.err
+            assert "http" not in res.out + res.err.replace("https://", "")  # no browser step
+        assert {e["provider"] for e in status(user)} == {"codex", "anthropic"}
+        with s.proxy() as proxy, http_client(proxy) as client:
+            claude_answer = client.post(
+                "https://api.anthropic.com/v1/messages",
+                headers={"x-api-key": "oauth:anthropic"},
+                json={"model": "m", "max_tokens": 5, "messages": []},
+            )
+            codex_answer = client.post(
+                "https://api.openai.com/v1/responses",
+                headers={"Authorization": "Bearer oauth:codex"},
+                json={"model": "gpt-5.4", "input": "hi"},
+            )
+        assert claude_answer.status_code == 200, claude_answer.text
+        assert codex_answer.status_code == 200, codex_answer.text
+        # The imported accounts served, with keyswap's own tokens (each import refreshed).
+        used = {c.headers.get("authorization") for c in s.api.calls}
+        assert f"Bearer {s.token('anthropic', 'default')}" in used
+        assert f"Bearer {s.token('codex', 'default')}" in used
+        for spent in (codex["refresh_token"], claude["refresh_token"]):
+            assert spent not in s.stored("codex", "default").values()
