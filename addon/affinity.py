@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from pydantic_core import from_json
@@ -34,6 +35,9 @@ class Affinity:
         # (provider, conversation) -> (bucket, last used), least recently used first.
         self._held: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self._counts: Counter[tuple[str, str]] = Counter()  # (provider, bucket) -> conversations
+        # Told when a conversation gets a bucket (new, or moved): (provider, conversation,
+        # bucket). Set to share them with other proxies (addon/shared.py); it must not block.
+        self.on_place: Callable[[str, str, str], None] | None = None
 
     def get(self, provider: str, conversation: str) -> str | None:
         key = (provider, conversation)
@@ -58,6 +62,8 @@ class Affinity:
         self._counts[provider, bucket] += 1
         while len(self._held) > self.size:
             self._drop(next(iter(self._held)))
+        if self.on_place is not None and (old is None or old[0] != bucket):
+            self.on_place(provider, conversation, bucket)
 
     def holds(self, provider: str, bucket: str) -> int:
         """How many live conversations the bucket holds (idle ones may still count)."""

@@ -34,6 +34,7 @@ from login.errors import KeyswapError
 from login.net import make_client, ssl_context
 from login.providers import PROVIDERS
 from login.store.paths import data_dir
+from login.store.redis_store import RedisStore
 from login.tokens import TokenService
 from login.usage import state_path
 
@@ -49,6 +50,7 @@ from .quota import Quota
 from .relay import TICKET_HEADER, Relay, Stream, Whole
 from .rotation import Rotation
 from .settings import Settings
+from .shared import Shared
 from .upstream import Upstream, upstream_proxy
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class Injector:
         self._polls: set[asyncio.Future[None]] = set()
         self._saved: dict[str, tuple[http.RequestData, str | None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._shared: asyncio.Task[None] | None = None  # in step with the other proxies
         self._bundle: asyncio.Task[None] | None = None
         self._settler = Settler()
         self._requests = 0  # decrypted requests seen, for the settler
@@ -161,6 +164,8 @@ class Injector:
     def done(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._shared is not None:
+            self._shared.cancel()
         self.logins.stop()
         self.relay.stop()
         if isinstance(self.dispatch.sender, Outbound):
@@ -181,6 +186,15 @@ class Injector:
         if known is not None:
             self.buckets[provider] = [b for b in known if b not in buckets]
 
+    def _share(self) -> None:
+        """On a Redis store, share rests, quotas and conversations with the other proxies
+        (once the store is open: this runs after it answered)."""
+        store = self.tokens.store
+        if self._shared is None and isinstance(store, RedisStore):
+            shared = Shared(store.url, self.rotation, self.quota, self.affinity)
+            self._shared = asyncio.get_running_loop().create_task(shared.run())
+            log.info("keyswap: sharing rests, quotas and conversations through %s", store.where)
+
     async def _maintain(self) -> None:
         """Pick up config edits and new logins while running; keep the state file."""
         problem = None
@@ -193,6 +207,7 @@ class Injector:
                 # Tokens the store refused (a full disk) are retried here as well as on use.
                 await self.tokens.save_held()
                 names = await asyncio.to_thread(self.tokens.names)
+                self._share()
                 self.tokens.retain(set(names))
                 for cred in await self.tokens.follow():
                     # Someone logged in to this bucket again: maybe another account, so

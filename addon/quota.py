@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class Quota:
     def __init__(self) -> None:
         self.accounts: dict[tuple[str, str], Account] = {}
         self.dirty = False
+        # Told of windows observed here: (provider, bucket, account). Set to share them with
+        # other proxies (addon/shared.py); it must not block.
+        self.on_observe: Callable[[str, str, Account], None] | None = None
 
     def account(self, provider: str, bucket: str) -> Account:
         key = (provider, bucket)
@@ -69,6 +72,8 @@ class Quota:
             account.windows[window.name] = window
         account.updated = time.time()
         self.dirty = True
+        if self.on_observe is not None:
+            self.on_observe(provider, bucket, account)
 
     def limited(self, provider: str, bucket: str, why: str | None = None) -> None:
         account = self.account(provider, bucket)

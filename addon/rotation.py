@@ -23,6 +23,9 @@ class Rotation:
     served: Counter[tuple[str, str]] = field(default_factory=Counter)
     limited: Counter[tuple[str, str]] = field(default_factory=Counter)
     version: int = 0  # changes with every rest begun or ended (what the state file keeps)
+    # Told of every rest begun here: (provider, bucket, until). Set to share rests with other
+    # proxies (addon/shared.py); it must not block.
+    on_cool: Callable[[str, str, float], None] | None = None
 
     def plan(self, provider: str, buckets: list[str], strategy: str) -> list[str]:
         """The buckets to try, in order."""
@@ -75,6 +78,8 @@ class Rotation:
         self._cooling[key] = max(self._cooling.get(key, 0.0), until)
         self._probed[key] = time.time()
         self.version += 1
+        if self.on_cool is not None:
+            self.on_cool(provider, bucket, self._cooling[key])
 
     def cooling_until(self, provider: str, bucket: str) -> float | None:
         until = self._cooling.get((provider, bucket))
