@@ -93,8 +93,11 @@ def test_a_wrong_or_missing_key_is_refused_never_plaintext(
 ) -> None:
     RedisStore(server.url).save(cred())
     monkeypatch.setenv("KEYSWAP_STORE_KEY", new_key())
+    wrong = RedisStore(server.url)  # opening it waits for nothing; its first use says why
     with pytest.raises(StoreError, match="not the one the logins in Redis"):
-        RedisStore(server.url)
+        wrong.names()
+    with pytest.raises(StoreError, match="not the one the logins in Redis"):
+        wrong.load("anthropic", "work")
     monkeypatch.setenv("KEYSWAP_STORE_KEY", "short")
     with pytest.raises(StoreError, match="not a store key"):
         RedisStore(server.url)

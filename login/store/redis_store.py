@@ -138,7 +138,7 @@ class RedisStore(Store):
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._write_script = self._redis.register_script(_WRITE)
         self._fences: dict[str, int] = {}  # leases this process holds: entry → fence
-        self._check_key()
+        self._key_checked = False  # on first use, not here: opening the store never waits
 
     # -- the Store interface ----------------------------------------------------------------
 
@@ -234,13 +234,20 @@ class RedisStore(Store):
                 await client.eval(_RENEW, 1, key, token, str(int(LEASE * 1000)))
 
     def _call(self, fn: Callable[..., Any], *args: object) -> Any:
+        if not self._key_checked:
+            self._key_checked = True
+            try:
+                self._check_key()
+            except BaseException:
+                self._key_checked = False
+                raise
         try:
             return fn(*args)
         except (redis.RedisError, OSError) as exc:
             raise StoreError(f"Redis at {self.where}: {_why(exc)}") from None
 
     def _check_key(self) -> None:
-        """A key that cannot read this Redis's entries is refused up front, and named."""
+        """A key that cannot read this Redis's entries is refused before any use, and named."""
         nonce_and_box = self._call(self._redis.get, _KEYCHECK_KEY)
         if nonce_and_box is None:
             nonce = os.urandom(_NONCE)
