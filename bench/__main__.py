@@ -45,6 +45,7 @@ OWN_CPU_MS = 0.2  # keyswap's CPU per request on top of bare mitmdump's
 RETRY_MS = 0.3  # a retried stream's delay, beyond the 429's own round trip
 MIB_PER_CONNECTION = 0.25  # RSS per concurrent open stream
 SETTLED = 0.10  # RSS a minute after a burst, above the warm baseline
+REDIS_MS = 0.1  # issue 18: proxy CPU per request with the Redis store, over the file store
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ def _sigterm(*_: object) -> NoReturn:
     raise SystemExit(143)  # so that every started process is stopped on the way out
 
 
-def _keyswap_user(lab: Lab) -> User:
-    user = lab.user("keyswap")
+def _keyswap_user(lab: Lab, name: str = "keyswap", store: dict[str, str] | None = None) -> User:
+    user = lab.user(name, store=store)
     user.save("default", f"ok-{time.time_ns()}", "unused", time.time() + 36_000)
     return user
 
@@ -141,9 +142,12 @@ def run(s: Settings, workdir: Path) -> str:
             lab.start_proxy("keyswap", ok),
             lab.start_proxy("retry", two),
         ]
+        shared = _redis_user(lab, workdir)
+        if shared is not None:
+            proxies.append(lab.start_proxy("keyswap-redis", shared))
         for p in proxies:
             p.wait()
-        bare, bare_stream, keyswap, retry = proxies
+        bare, bare_stream, keyswap, retry = proxies[:4]
         lab.target("bare", bare, REAL_KEY)
         lab.target("bare-stream", bare_stream, REAL_KEY)
         lab.target("keyswap", keyswap, "oauth:anthropic")
@@ -184,6 +188,12 @@ def run(s: Settings, workdir: Path) -> str:
         _log(f"refresh stampede: {s.stampede} requests per proxy")
         one, two_procs = stampede(lab, s.stampede)
         rows = _rows(s, cells, streams, short, (rtt_429, limited), one, two_procs, mem, fresh, conc)
+        if shared is not None:
+            lab.target("keyswap-redis", lab.proxies["keyswap-redis"], "oauth:anthropic")
+            _log("keep-alive JSON at c=8: keyswap on files and on Redis, taking turns")
+            pair = ("keyswap", "keyswap-redis")
+            store_cells = keepalive_json(lab, (8,), s.rounds, s.seconds, s.warmup, pair)
+            rows.append(_redis_row(store_cells["keyswap", 8], store_cells["keyswap-redis", 8]))
     # In this process, with the proxies stopped: the only code that differs between the
     # strategies is admission, so it is measured alone (see bench/scheduling.py).
     _log("scheduling: admission under sticky and round-robin, the affinity map")
@@ -354,6 +364,33 @@ def _rows(
         Row("New connection per request: proxy CPU ms", None, b.cpu_ms, k.cpu_ms),
     ]
     return rows
+
+
+def _redis_user(lab: Lab, workdir: Path) -> User | None:
+    """A keyswap user whose logins are in a Redis of its own (None without redis-server)."""
+    from login.store.redis_store import new_key
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        _log("no redis-server: the Redis store's row is left out")
+        return None
+    server = RedisServer(workdir)
+    server.start()
+    lab.stack.callback(server.stop)
+    store = {"KEYSWAP_STORE": server.url, "KEYSWAP_STORE_KEY": new_key()}
+    return _keyswap_user(lab, "keyswap-redis", store)
+
+
+def _redis_row(files: Cell, shared: Cell) -> Row:
+    extra = shared.cpu_ms - files.cpu_ms
+    return Row(
+        "JSON c=8: proxy CPU ms per request, logins in Redis (keyswap) vs files (bare column)",
+        None,
+        files.cpu_ms,
+        shared.cpu_ms,
+        f"≤ +{REDIS_MS} ms",
+        extra <= REDIS_MS,
+    )
 
 
 def _per_connection(bare: Concurrent, keyswap: Concurrent) -> list[Row]:

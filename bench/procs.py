@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,7 @@ class User:
     home: Path
     config: Path
     src: Path
+    store: dict[str, str] = field(default_factory=lambda: {"KEYSWAP_STORE": "file"})
 
     @classmethod
     def make(cls, home: Path, config: str, src: Path) -> User:
@@ -129,7 +130,7 @@ class User:
             "HOME": str(self.home),
             "XDG_DATA_HOME": str(self.home / "data"),
             "XDG_CONFIG_HOME": str(self.home / "config"),
-            "KEYSWAP_STORE": "file",
+            **self.store,
         }
 
     def save(self, bucket: str, access: str, refresh: str | None, expires_at: float) -> None:

@@ -88,10 +88,19 @@ class Lab:
         self.targets[name] = t
         return t
 
-    def user(self, name: str, config_extra: str = "", token_url: str = "") -> User:
+    def user(
+        self,
+        name: str,
+        config_extra: str = "",
+        token_url: str = "",
+        store: dict[str, str] | None = None,
+    ) -> User:
         url = token_url or "http://127.0.0.1:9/token"  # never called unless a refresh is due
         config = anthropic_config(self.upstream.port, url, config_extra)
-        return User.make(self.workdir / name, config, self.src)
+        user = User.make(self.workdir / name, config, self.src)
+        if store is not None:
+            user.store = store
+        return user
 
     def run(self, jobs: list[Job], proxy: Proxy | None = None) -> tuple[Result, float]:
         """Run `jobs`; and the CPU seconds `proxy` used from when the clients had their
@@ -149,14 +158,19 @@ def warm_up(lab: Lab, names: list[str], seconds: float) -> None:
 
 
 def keepalive_json(
-    lab: Lab, concurrency: tuple[int, ...], rounds: int, seconds: float, warmup: float
+    lab: Lab,
+    concurrency: tuple[int, ...],
+    rounds: int,
+    seconds: float,
+    warmup: float,
+    paths: tuple[str, ...] = PATHS,
 ) -> dict[tuple[str, int], Cell]:
     """Closed-loop small JSON requests; the paths take turns, in a different order each
     round, so a drift in the machine's speed does not favour one of them."""
-    cells = {(p, c): Cell() for p in PATHS for c in concurrency}
+    cells = {(p, c): Cell() for p in paths for c in concurrency}
     for r in range(rounds):
         for c in concurrency:
-            order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]
+            order = paths[r % len(paths) :] + paths[: r % len(paths)]
             for path in order:
                 jobs = lab.clients.split(
                     "json", lab.targets[path], c, duration=seconds + warmup, warmup=warmup

@@ -16,9 +16,13 @@ from types import TracebackType
 
 import pytest
 
-from tests.conftest import free_port
-
 REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def require_redis() -> str:
