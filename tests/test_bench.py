@@ -96,8 +96,11 @@ def test_two_checkouts_are_compared_in_one_lab() -> None:
 
     rows = ab.compare(Path(__file__).resolve().parent.parent, rounds=1, streams=3)
     ttfb, cpu, retry = rows
-    for _, this, other, bare in (ttfb, cpu):
-        assert bare is not None and 0 < bare < 1000
-        assert 0 < this < 1000 and 0 < other < 1000, (this, other)
+    _, this, other, bare = ttfb
+    assert bare is not None and 0 < bare < 1000
+    assert 0 < this < 1000 and 0 < other < 1000, (this, other)
+    # CPU is read in clock ticks (10 ms): a few short streams may read 0.
+    _, this, other, bare = cpu
+    assert bare is not None and 0 <= bare < 1000 and 0 <= this < 1000 and 0 <= other < 1000
     assert -100 < retry[1] < 100 and -100 < retry[2] < 100 and retry[3] is None
     assert "| SSE: TTFB p50 ms" in ab.table(rows, Path("x"))
