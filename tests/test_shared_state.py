@@ -90,3 +90,35 @@ def test_a_conversation_keeps_its_account_across_proxies(s: Stack, tmp_path: Pat
     assert all(len(buckets) == 1 for buckets in placed.values()), placed
     assert {b for buckets in placed.values() for b in buckets} == {"a", "b"}, "spread"
     assert all(len(s.api.accounts(session)) == 3 for session in sessions)
+
+
+def test_three_proxies_refresh_an_expired_rotating_token_once(s: Stack, tmp_path: Path) -> None:
+    """3 proxies × 100 concurrent requests on an expired, rotating token: one refresh at the
+    provider between them, every request answered, and no token in Redis in plaintext."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    from tests.conftest import ROOT
+
+    s.login_anthropic()
+    expire = (
+        "import time; from login.store import open_store; s = open_store(); "
+        "c = s.load('anthropic', 'default'); "
+        "s.save(c.model_copy(update={'expires_at': time.time() - 1}))"
+    )
+    subprocess.run([sys.executable, "-c", expire], env=s.user.env, cwd=ROOT, check=True)
+    before = s.oauth.count("anthropic", "refresh")
+    with proxies(s, tmp_path, 3) as trio, ThreadPoolExecutor(60) as pool:
+        statuses = list(pool.map(lambda i: ask(trio[i % 3]), range(300)))
+    assert statuses == [200] * 300
+    assert s.oauth.count("anthropic", "refresh") - before == 1
+    everything = b""
+    r = redis.Redis.from_url(s.user.env["KEYSWAP_STORE"])
+    for key in r.scan_iter("*"):
+        value = r.get(key) if r.type(key) == b"string" else b",".join(r.smembers(key))
+        everything += key + b"=" + (value or b"")
+    for secret in s.oauth.issued_secrets():
+        assert secret.encode() not in everything
