@@ -28,7 +28,7 @@ import redis
 import redis.asyncio
 
 from login.providers.usage import Window
-from login.store.redis_store import PREFIX, safe_url
+from login.store.redis_store import PREFIX, connection, safe_url
 
 from .affinity import Affinity
 from .quota import Account, Quota
@@ -40,7 +40,6 @@ CHANNEL = f"{PREFIX}events"
 QUOTA_EVERY = 10.0  # seconds between two sends of a bucket's unchanged windows
 _QUOTA_TTL = 8 * 86400  # a bucket's windows are kept this long after they were last sent
 _RETRY = 1.0  # seconds before connecting again after Redis went away
-_TIMEOUT = 3.0
 
 
 class Shared:
@@ -88,9 +87,8 @@ class Shared:
         """Keep in step with Redis for as long as the proxy runs."""
         down = False
         while True:
-            client = redis.asyncio.Redis.from_url(
-                self.url, socket_connect_timeout=_TIMEOUT, health_check_interval=10
-            )
+            options = {**connection(self.url), "socket_timeout": None}  # it waits for news
+            client = redis.asyncio.Redis.from_url(self.url, health_check_interval=10, **options)
             try:
                 pubsub = client.pubsub()
                 await pubsub.subscribe(CHANNEL)  # first: nothing sent meanwhile is missed

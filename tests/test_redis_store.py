@@ -43,7 +43,7 @@ def key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     value = new_key()
     monkeypatch.setenv("KEYSWAP_STORE_KEY", value)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setattr(redis_store, "_keyring_key", lambda: None)
+    monkeypatch.setattr(redis_store, "_keyring_secret", lambda _user: None)
     return value
 
 
@@ -104,6 +104,25 @@ def test_a_wrong_or_missing_key_is_refused_never_plaintext(
     monkeypatch.delenv("KEYSWAP_STORE_KEY")
     with pytest.raises(StoreError, match="KEYSWAP_STORE_KEY"):
         RedisStore(server.url)
+
+
+def test_redis_password_from_the_environment_never_in_messages(
+    tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password = "redis-pass-" + "p" * 20
+    with RedisServer(tmp_path, "--requirepass", password) as locked:
+        with pytest.raises(StoreError) as err:
+            RedisStore(locked.url).names()
+        assert "Redis at redis://127.0.0.1" in str(err.value)
+        monkeypatch.setenv("KEYSWAP_REDIS_PASSWORD", password)
+        store = RedisStore(locked.url)
+        store.save(cred())
+        assert store.names() == ["anthropic:work"]
+        monkeypatch.delenv("KEYSWAP_REDIS_PASSWORD")
+        in_url = locked.url.replace("redis://", f"redis://:{password}@")
+        with_url = RedisStore(in_url)
+        assert with_url.names() == ["anthropic:work"] and password not in with_url.where
+        assert password not in str(err.value)
 
 
 def test_a_damaged_entry_is_that_entrys_problem(server: RedisServer, key: str) -> None:

@@ -40,6 +40,7 @@ from .base import Store
 
 KEY_ENV = "KEYSWAP_STORE_KEY"
 KEYRING_SERVICE, KEYRING_USER = "keyswap", "redis-store-key"
+PASSWORD_ENV, KEYRING_PASSWORD = "KEYSWAP_REDIS_PASSWORD", "redis-password"
 PREFIX = "keyswap:"
 _NONCE = 12
 _KEYCHECK = b"keyswap store key check"
@@ -87,6 +88,21 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, "", ""))
 
 
+def connection(url: str) -> dict[str, Any]:
+    """How to reach Redis: timeouts, and its password when the URL carries none, from
+    KEYSWAP_REDIS_PASSWORD or the keyring's keyswap/redis-password (keyswap writes it
+    nowhere)."""
+    options: dict[str, Any] = {
+        "socket_timeout": _TIMEOUT,
+        "socket_connect_timeout": _TIMEOUT,
+    }
+    if urlsplit(url).password is None:
+        password = os.environ.get(PASSWORD_ENV) or _keyring_secret(KEYRING_PASSWORD)
+        if password:
+            options["password"] = password
+    return options
+
+
 def is_redis_url(value: str) -> bool:
     return value.split("://", 1)[0].lower() in ("redis", "rediss", "unix")
 
@@ -100,7 +116,7 @@ def _store_key() -> bytes:
     text = os.environ.get(KEY_ENV, "").strip()
     where = KEY_ENV
     if not text:
-        text = _keyring_key() or ""
+        text = _keyring_secret(KEYRING_USER) or ""
         where = "the keyring's keyswap/redis-store-key"
     if not text:
         raise StoreError(
@@ -116,11 +132,11 @@ def _store_key() -> bytes:
     return key
 
 
-def _keyring_key() -> str | None:
+def _keyring_secret(user: str) -> str | None:
     try:
         import keyring
 
-        return keyring.get_password(KEYRING_SERVICE, KEYRING_USER)
+        return keyring.get_password(KEYRING_SERVICE, user)
     except Exception:  # no keyring backend here: the env var is the way
         return None
 
@@ -131,9 +147,7 @@ class RedisStore(Store):
     def __init__(self, url: str) -> None:
         self.url, self.where = url, safe_url(url)
         self._aead = AESGCM(_store_key())
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT
-        )
+        self._redis = redis.Redis.from_url(url, **connection(url))
         self._async: redis.asyncio.Redis | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._write_script = self._redis.register_script(_WRITE)
@@ -222,9 +236,7 @@ class RedisStore(Store):
         loop = asyncio.get_running_loop()
         if self._async is None or self._async_loop is not loop:
             self._async_loop = loop
-            self._async = redis.asyncio.Redis.from_url(
-                self.url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT
-            )
+            self._async = redis.asyncio.Redis.from_url(self.url, **connection(self.url))
         return self._async
 
     async def _renew(self, client: redis.asyncio.Redis, key: str, token: str) -> None:
