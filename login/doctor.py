@@ -39,6 +39,7 @@ from .errors import KeyswapError
 from .providers import PROVIDERS
 from .store import keyrings
 from .store.paths import data_dir
+from .store.redis_store import KEY_ENV, RedisStore, is_redis_url, safe_url
 from .tokens import BAD_STATES, Entry, TokenService
 
 Status = Literal["ok", "fail", "unknown"]
@@ -98,7 +99,7 @@ def checks(opts: Options) -> Iterator[Check]:
     else:
         yield from check_tls(opts, confdir)
     yield check_config(opts.config)
-    yield check_store()
+    yield check_store(opts.config)
     yield from check_logins(opts.config)
     yield check_proxy_env(opts.port, proc)
 
@@ -440,8 +441,15 @@ def check_config(path: str | None) -> Check:
     return Check("ok", f"config: {where}")
 
 
-def check_store() -> Check:
-    forced = os.environ.get("KEYSWAP_STORE", "").strip().lower()
+def check_store(config_path: str | None = None) -> Check:
+    try:
+        url = load_config(config_path).store.url
+    except KeyswapError:
+        url = None  # the config's own check says why
+    shared = os.environ.get("KEYSWAP_STORE", "").strip() or url or ""
+    if is_redis_url(shared):
+        return _check_redis(shared)
+    forced = shared.lower()
     files = data_dir() / "tokens"
     if forced == "file":
         return Check("ok", f"token store: encrypted files in {files} (KEYSWAP_STORE=file)")
@@ -465,6 +473,19 @@ def check_store() -> Check:
             "use the encrypted file store",
         )
     return Check("ok", f"token store: encrypted files in {files} (fallback; keyring: {why})")
+
+
+def _check_redis(url: str) -> Check:
+    where = safe_url(url)
+    try:
+        count = len(RedisStore(url).names())
+    except KeyswapError as exc:
+        return Check(
+            "fail",
+            f"token store: {exc}",
+            f"start Redis at {where}, or set {KEY_ENV} to the store's key on this machine",
+        )
+    return Check("ok", f"token store: Redis at {where}, {count} logins, encrypted with {KEY_ENV}")
 
 
 def check_logins(config_path: str | None) -> list[Check]:

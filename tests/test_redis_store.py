@@ -366,3 +366,11 @@ def test_a_proxy_keeps_serving_while_redis_is_down_and_recovers(user: User, tmp_
             assert ask("b") == 200
         assert s.oauth.count("anthropic", "refresh") == 1
         assert proxy.output.count("cannot read the token store") == 1  # one line, not one a second
+
+
+def test_doctor_checks_the_redis_store(shared: User, server: RedisServer) -> None:
+    res = shared.run("doctor", "--port", "9")  # no proxy there: the store is checked anyway
+    assert f"token store: Redis at {server.url}, 0 logins" in res.out, res.out
+    server.stop()
+    res = shared.run("doctor", "--port", "9")
+    assert "✘ token store: Redis at" in res.out and "start Redis at" in res.out, res.out
