@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.conftest import ROOT, User
 from tests.fakes.oauth import FakeOAuth
 from tests.redis_server import RedisServer
 from tests.test_login import login_anthropic, status
+from tests.test_refresh_race import CALLERS
 
 TOKEN = "sk-ant-oat01-" + "t" * 40
 REFRESH = "sk-ant-ort01-" + "r" * 40
@@ -178,27 +178,6 @@ def test_the_lease_is_exclusive_and_waits_bounded_when_redis_is_down(
 
 # -- processes that share nothing but Redis ---------------------------------------------------
 
-CALLERS = textwrap.dedent(
-    """
-    import asyncio, hashlib, os, sys, time
-    from login.config import load_config
-    from login.tokens import TokenService
-
-    async def main() -> None:
-        go = sys.argv[1]
-        while not os.path.exists(go):
-            time.sleep(0.005)
-        svc = TokenService(load_config())
-        try:
-            got = await asyncio.gather(*(svc.access("anthropic", "default") for _ in range(100)))
-        finally:
-            await svc.aclose()
-        print(" ".join(sorted({hashlib.sha256(a.token.encode()).hexdigest() for a in got})))
-
-    asyncio.run(main())
-    """
-)
-
 
 def machine(user: User, tmp_path: Path, name: str) -> dict[str, str]:
     """The environment of another machine: its own home and data dir (no file lock in
@@ -239,7 +218,7 @@ def test_three_processes_refresh_a_rotating_token_once(
     go = tmp_path / "go"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CALLERS, str(go)],
+            [sys.executable, "-c", CALLERS, str(go), "100"],
             env=machine(shared, tmp_path, f"m{i}"),
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -268,7 +247,7 @@ def test_a_killed_lease_holder_is_replaced_after_its_lease(
     go = tmp_path / "go"
     go.touch()
     holder = subprocess.Popen(
-        [sys.executable, "-c", CALLERS, str(go)],
+        [sys.executable, "-c", CALLERS, str(go), "100"],
         env=machine(shared, tmp_path, "holder"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -284,7 +263,7 @@ def test_a_killed_lease_holder_is_replaced_after_its_lease(
     del fake.stalls[token_path]
     started = time.monotonic()
     res = subprocess.run(
-        [sys.executable, "-c", CALLERS, str(go)],
+        [sys.executable, "-c", CALLERS, str(go), "100"],
         env=machine(shared, tmp_path, "successor"),
         cwd=ROOT,
         capture_output=True,

@@ -25,7 +25,8 @@ CALLERS = textwrap.dedent(
             time.sleep(0.005)
         svc = TokenService(load_config())
         try:
-            got = await asyncio.gather(*(svc.access("anthropic", "default") for _ in range(50)))
+            n = int(sys.argv[2]) if len(sys.argv) > 2 else 50
+            got = await asyncio.gather(*(svc.access("anthropic", "default") for _ in range(n)))
         finally:
             await svc.aclose()
         print(" ".join(sorted({hashlib.sha256(a.token.encode()).hexdigest() for a in got})))
