@@ -19,8 +19,8 @@ Any program on this machine can reach this API through the proxy, so nothing it 
 grants anything. Every API call needs one of:
 
 - the per-install secret (`X-Keyswap-Secret`, the contents of `<data dir>/manage.secret`,
-  0600): everything. For scripts and `python -m login`.
-- a page session: the cookie a browser gets for a one-time link from `python -m login page`
+  0600): everything. For scripts and `keyswap login`.
+- a page session: the cookie a browser gets for a one-time link from `keyswap page`
   (signed with that secret, see login/page.py). Reads need the cookie; state changes also
   the CSRF token the page carries (`X-Keyswap-CSRF`), bound to that session.
 - a client secret of `[clients.*]` (`X-Keyswap-Client`): only the providers and buckets its
@@ -488,7 +488,7 @@ class Manage:
     # -- the page ----------------------------------------------------------------------------
 
     async def _open_link(self, flow: http.HTTPFlow, method: str, given: Given) -> Reply:
-        """A one-time link from `python -m login page`: a session cookie, then the page (the
+        """A one-time link from `keyswap page`: a session cookie, then the page (the
         303 takes the token out of the address bar and the history)."""
         if method != "GET":
             raise ApiError(405, f"{method} is not allowed here", allow=["GET"])
@@ -614,7 +614,7 @@ class Manage:
         }
 
     async def _usage(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
-        """Per provider and bucket what `python -m login status` shows (login/usage.py's
+        """Per provider and bucket what `keyswap status` shows (login/usage.py's
         fields), live, plus how many conversations each bucket holds: counts, never content."""
         now = time.time()
         providers = []
@@ -779,11 +779,9 @@ class Manage:
 # -- helpers ----------------------------------------------------------------------------------
 
 _REMOTE = b"keyswap.local answers only clients on this machine\n"
-_GET_A_LINK = (
-    "Run `python -m login page` and open the link it prints in a browser that uses the proxy."
-)
+_GET_A_LINK = "Run `keyswap page` and open the link it prints in a browser that uses the proxy."
 _UNAUTHORIZED = (
-    "keyswap.local needs authorization: open the page with the link `python -m login page` "
+    "keyswap.local needs authorization: open the page with the link `keyswap page` "
     f"prints, or send {SECRET_HEADER} (the contents of <keyswap data dir>/{SECRET_FILE}), or a "
     f"[clients.*] secret in {CLIENT_HEADER}"
 )

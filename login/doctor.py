@@ -1,11 +1,11 @@
-"""`python -m login doctor`: is everything between a client and its subscription in place?
+"""`keyswap doctor`: is everything between a client and its subscription in place?
 
 One line per check: `✔` passed, `✘` failed (with the fix on the same line), `?` could not
 be checked. Exit 0 when nothing failed. No check prints a token: logins are shown by
 name and state only.
 
 The TLS check proves what it can offline: with `connection_strategy=lazy` (what
-`python -m addon` uses) mitmproxy answers CONNECT and does the TLS handshake itself,
+`keyswap proxy` uses) mitmproxy answers CONNECT and does the TLS handshake itself,
 so the certificate check needs no network; whether the provider is reachable from the
 proxy is then a separate line.
 """
@@ -35,7 +35,7 @@ from . import http1
 from .config import is_loopback_host, load_config
 from .credential import expiry_text
 from .env import DEFAULT_CONFDIR, bundle_content, bundle_path, ca_path
-from .errors import KeyswapError
+from .errors import KeyswapError, login_command
 from .providers import PROVIDERS
 from .store import keyrings
 from .store.paths import data_dir
@@ -108,7 +108,7 @@ def checks(opts: Options) -> Iterator[Check]:
 
 def _start_fix(port: int) -> str:
     flag = "" if port == DEFAULT_PORT else f" --listen-port {port}"
-    return f"start it: python -m addon{flag}"
+    return f"start it: keyswap proxy{flag}"
 
 
 def check_proxy(port: int, timeout: float) -> Check:
@@ -171,7 +171,7 @@ def _env_fix(opts: Options, confdir: Path, explicit: bool) -> str:
     flags = "" if opts.port == DEFAULT_PORT else f" --port {opts.port}"
     if explicit or confdir != DEFAULT_CONFDIR.expanduser():
         flags += f" --confdir {confdir}"
-    return f'eval "$(python -m login env{flags})"'
+    return f'eval "$(keyswap env{flags})"'
 
 
 def check_bundle(confdir: Path, opts: Options, proc: ProxyProcess | None, explicit: bool) -> Check:
@@ -181,14 +181,13 @@ def check_bundle(confdir: Path, opts: Options, proc: ProxyProcess | None, explic
             "fail",
             f"the proxy on port {opts.port} (pid {proc.pid}) keeps its CA in {proc.confdir}, "
             f"not {confdir}",
-            f"python -m login doctor --confdir {proc.confdir}, and "
-            + _env_fix(opts, proc.confdir, True),
+            f"keyswap doctor --confdir {proc.confdir}, and " + _env_fix(opts, proc.confdir, True),
         )
     if not ca.is_file():
         return Check(
             "fail",
             f"mitmproxy's CA {ca} does not exist",
-            "start the proxy once (python -m addon creates the CA), or pass --confdir DIR "
+            "start the proxy once (keyswap proxy creates the CA), or pass --confdir DIR "
             "where the proxy keeps it",
         )
     fix = _env_fix(opts, confdir, explicit)
@@ -213,7 +212,7 @@ def check_bundle(confdir: Path, opts: Options, proc: ProxyProcess | None, explic
     note = ""
     try:
         if content != bundle_content(ca):
-            note = "; its other roots differ from certifi's now, `python -m login env` updates them"
+            note = "; its other roots differ from certifi's now, `keyswap env` updates them"
     except OSError:
         pass
     return Check("ok", f"CA bundle {bundle} holds mitmproxy's current CA ({ca}){note}")
@@ -272,7 +271,7 @@ def check_tls(opts: Options, confdir: Path) -> Iterator[Check]:
                 f"{what}: the proxy could not reach {host}:443 before the handshake "
                 f"({_mitm_message(body) or reason}); the certificate was not checked",
                 "give the proxy network access, or start it with --set connection_strategy=lazy "
-                "(python -m addon does)",
+                "(keyswap proxy does)",
             )
             return
         if status != 200:
@@ -295,7 +294,7 @@ def check_tls(opts: Options, confdir: Path) -> Iterator[Check]:
                 "fail",
                 f"{what}: the proxy broke off the handshake ({_why(exc)}); it may have failed to "
                 f"reach {host} (see its log)",
-                "start the proxy with --set connection_strategy=lazy (python -m addon does), "
+                "start the proxy with --set connection_strategy=lazy (keyswap proxy does), "
                 "or give it network access",
             )
             return
@@ -337,7 +336,7 @@ def _check_upstream(tls: ssl.SSLSocket, host: str, timeout: float) -> Check:
             f"{host} is not reachable from the proxy ({_mitm_message(body) or reason}); the "
             "certificate check above did not need it",
             f"give the proxy's machine access to {host} (DNS, firewall), or chain a proxy: "
-            "python -m addon --mode upstream:http://HOST:PORT",
+            "keyswap proxy --mode upstream:http://HOST:PORT",
         )
     return Check("ok", f"{host} reachable through the proxy (it answered HTTP {status})")
 
@@ -477,7 +476,7 @@ def check_logins(config_path: str | None) -> list[Check]:
             Check(
                 "fail",
                 "no stored logins: the proxy has no token to swap in",
-                f"python -m login <provider> ({', '.join(PROVIDERS)})",
+                f"keyswap login <provider> ({', '.join(PROVIDERS)})",
             )
         ]
     return [_login_check(e) for e in entries]
@@ -485,7 +484,7 @@ def check_logins(config_path: str | None) -> list[Check]:
 
 def _login_check(e: Entry) -> Check:
     name = f"{e.provider}:{e.bucket}"
-    cmd = f"python -m login {e.provider}" + ("" if e.bucket == "default" else f" {e.bucket}")
+    cmd = login_command(e.provider, e.bucket)
     who = f"{e.account}, " if e.account else ""
     if e.state == "valid":
         return Check("ok", f"login {name}: valid ({who}{expiry_text(e.expires_at)})")
@@ -618,7 +617,7 @@ def check_proxy_env(port: int, proc: ProxyProcess | str) -> Check:
         return Check(
             "fail",
             f"the proxy ({who}) has {shown}: that is itself",
-            f"restart it without proxy variables: env {unset} python -m addon",
+            f"restart it without proxy variables: env {unset} keyswap proxy",
         )
     set_to = [f"{v}={proc.env[v]}" for v in PROXY_VARS if proc.env.get(v)]
     detail = ", ".join(set_to) if set_to else "no proxy variables"

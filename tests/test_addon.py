@@ -299,7 +299,7 @@ def test_all_buckets_cooling_answers_429_with_retry_after(s: Stack) -> None:
     assert 30 <= int(resp.headers["retry-after"]) <= 41, "the soonest reset, from the hints"
     body = resp.json()
     assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
-    assert "python -m login anthropic" in body["error"]["message"]
+    assert "keyswap login anthropic" in body["error"]["message"]
 
 
 def test_401_refreshes_once_and_retries(s: Stack) -> None:
@@ -323,7 +323,7 @@ def test_not_logged_in_is_a_401_that_says_what_to_run(s: Stack) -> None:
             json={"model": "gpt-4.1", "messages": []},
         )
     assert resp.status_code == 401
-    assert "python -m login copilot" in resp.json()["error"]["message"]
+    assert "keyswap login copilot" in resp.json()["error"]["message"]
 
 
 # -- streaming --------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def auth(user: User) -> dict[str, str]:
 
 
 def page_link(user: User) -> str:
-    """A one-time link to the page, as `python -m login page` prints it."""
+    """A one-time link to the page, as `keyswap page` prints it."""
     secret(user)  # the proxy has written the secret the CLI signs with
     res = user.run("page", "--no-browser")
     assert res.code == 0, res.err
@@ -180,7 +180,7 @@ def test_models(s: Stack) -> None:
     listed = list(getattr(PROVIDERS["gemini"], "models"))
     assert [m["id"] for m in gemini.json()["models"]] == listed and listed
     assert anthropic.json()["models"] is None and "does not list" in anthropic.json()["detail"]
-    assert nobody.status_code == 409 and "python -m login copilot nobody" in nobody.text
+    assert nobody.status_code == 409 and "keyswap login copilot nobody" in nobody.text
     assert unknown.status_code == 404 and "unknown provider" in unknown.text
 
 
@@ -424,11 +424,11 @@ def test_a_scraped_page_with_a_forged_origin_changes_nothing(s: Stack) -> None:
         }
         for what, resp in attempts.items():
             assert resp.status_code == 401, (what, resp.text)
-            assert "python -m login page" in resp.json()["error"], what
+            assert "keyswap page" in resp.json()["error"], what
         view = c.get(f"{BASE}/api/auth/status/copilot", headers=auth(s.user)).json()
         codex = c.get(f"{BASE}/api/auth/status/codex", headers=auth(s.user)).json()
     # The page without a session says what to do and carries nothing that grants anything.
-    assert page.status_code == 200 and "python -m login page" in page.text
+    assert page.status_code == 200 and "keyswap page" in page.text
     assert found is None and "set-cookie" not in page.headers
     [default] = view["buckets"]
     assert default["state"] == "valid", "still logged in"
@@ -496,7 +496,7 @@ def test_expired_tampered_and_foreign_links_are_refused(s: Stack) -> None:
             resp = c.get(link_url(token))
             assert resp.status_code == 403, what
             assert "set-cookie" not in resp.headers, what
-            assert "python -m login page" in resp.text, what
+            assert "keyswap page" in resp.text, what
         assert c.get(link_url(good)).status_code == 303, "a good link still works"
     assert proxy.output
 
