@@ -293,6 +293,18 @@ class History:
 Handler = Callable[[http.HTTPFlow, dict[str, str], Caller], Awaitable[Reply]]
 
 
+# `[providers.<name>] enabled` as the page and API show it, and what each value does.
+_ENABLED: dict[bool | None, tuple[str, str]] = {
+    True: ("on", "served; a request with no usable login starts the login in the proxy"),
+    False: ("off", "placeholders for {name} are refused (enabled = false in the config)"),
+    None: (
+        "not set",
+        "served with the logins made by `keyswap login {name}`; no login on first use "
+        "(`keyswap enable {name}` turns that on)",
+    ),
+}
+
+
 class Manage:
     """Answers http(s)://keyswap.local/ inside the proxy."""
 
@@ -576,7 +588,9 @@ class Manage:
             "title": p.title,
             "flow": p.flow,
             "callback": p.callback if p.flow == "auth_code" else None,
-            "enabled": settings.enabled is not False,
+            # As configured: "on", "off" or "not set", and what that does.
+            "enabled": _ENABLED[settings.enabled][0],
+            "enabled_means": _ENABLED[settings.enabled][1].format(name=p.name),
             "strategy": settings.strategy or config.proxy.strategy,
             "buckets": [
                 self._bucket_json(p.name, b, stored.get(b), b in configured, caller) for b in names

@@ -187,7 +187,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         parents=[common],
         help="check the proxy, its CA, TLS through it, the token store and every login",
         description="Check that clients can use keyswap: one line per check, ✔ or ✘ with the "
-        "fix (? = could not be checked). Exit status 0 when nothing failed. Never prints a token.",
+        "fix (? = could not be checked). Exit status 0 when nothing failed. Never prints a token. "
+        "It contacts the proxy and a test server of its own on 127.0.0.1, and through the "
+        "proxy one provider host (--host) with a GET that carries no credentials, said on "
+        "stderr before it is sent; logins are checked from the store, no provider is asked.",
     )
     p.add_argument(
         "--port", type=int, help="the proxy's port (default: [proxy] port in the config, 8080)"

@@ -1,5 +1,10 @@
 """`keyswap doctor`: is everything between a client and its subscription in place?
 
+What it contacts: the proxy on 127.0.0.1, a throwaway test server of its own on 127.0.0.1,
+and through the proxy one provider host (`--host`, default the first provider's API host)
+with a `GET /` that carries no credentials, announced on stderr before it is sent. Logins
+are checked from the store only: no refresh, no provider asked.
+
 One line per check: `✔` passed, `✘` failed (with the fix on the same line), `?` could not
 be checked. Exit 0 when nothing failed. No check prints a token: logins are shown by
 name and state only.
@@ -311,6 +316,13 @@ def check_tls(opts: Options, confdir: Path) -> Iterator[Check]:
                 )
                 return
             yield Check("ok", f"{what} verifies with {label} (certificate by {_name(issuer)})")
+            # The one request that leaves this machine: said before it is made.
+            print(
+                f"… asking https://{host}/ through the proxy whether it answers (one GET with "
+                "no credentials; --host HOST asks another)",
+                file=sys.stderr,
+                flush=True,
+            )
             yield _check_upstream(tls, host, timeout)
 
 

@@ -366,12 +366,38 @@ def test_secret_file_is_private_and_survives_restarts(s: Stack) -> None:
     assert resp.status_code == 200
 
 
+def test_enabled_is_shown_as_configured(s: Stack) -> None:
+    """on, off or not set, with what each does: no config is not "on" (no login on first use)."""
+    s.configure("[providers.copilot]\nenabled = true\n[providers.codex]\nenabled = false\n")
+    with s.proxy() as proxy, client(proxy, s.user) as c:
+        listing = c.get(f"{BASE}/api/auth/providers").json()
+        one = c.get(f"{BASE}/api/auth/status/anthropic").json()
+    providers = {p["name"]: p for p in listing["providers"]}
+    assert providers["copilot"]["enabled"] == "on"
+    assert "starts the login in the proxy" in providers["copilot"]["enabled_means"]
+    assert providers["codex"]["enabled"] == "off"
+    assert "refused" in providers["codex"]["enabled_means"]
+    assert providers["anthropic"]["enabled"] == "not set" == one["enabled"]
+    assert one["enabled_means"] == (
+        "served with the logins made by `keyswap login anthropic`; no login on first use "
+        "(`keyswap enable anthropic` turns that on)"
+    )
+
+
 def test_only_clients_on_this_machine(s: Stack) -> None:
     from tests.test_addon import remote_address
 
     addr = remote_address()
     if addr is None:
         pytest.skip("this machine has no non-loopback address")
+    with s.proxy("--listen-host", "0.0.0.0") as proxy:
+        verify = ssl.create_default_context(cafile=proxy.ca)
+        with httpx.Client(proxy=f"http://{addr}:{proxy.port}", verify=verify) as remote:
+            # Without allow_remote another machine cannot use the proxy at all.
+            with pytest.raises(httpx.TransportError):
+                remote.get(f"{BASE}/api/auth/providers")
+    # With it, other machines may use the proxy, but not its page.
+    s.configure("[proxy]\nallow_remote = true\n")
     with s.proxy("--listen-host", "0.0.0.0") as proxy:
         verify = ssl.create_default_context(cafile=proxy.ca)
         with httpx.Client(proxy=f"http://{addr}:{proxy.port}", verify=verify) as remote:

@@ -225,11 +225,13 @@ function makeCard(p) {
 function updateCard(card, p, usage) {
   const flow = FLOW_LABEL[p.flow] || p.flow;
   const parts = [`oauth:${p.name}`, flow, p.strategy];
-  if (!p.enabled) parts.push("disabled in the config");
+  // enabled as configured: "on", "off" or "not set"; enabled_means says what that does.
   card.meta.replaceChildren(
     h("code", {}, parts[0]),
-    document.createTextNode(` · ${parts.slice(1).join(" · ")}`));
-  card.root.classList.toggle("disabled", !p.enabled);
+    document.createTextNode(` · ${parts.slice(1).join(" · ")} · `),
+    h("span", { class: "enabled", title: p.enabled_means }, `enabled: ${p.enabled}`),
+    document.createTextNode(` (${p.enabled_means})`));
+  card.root.classList.toggle("disabled", p.enabled === "off");
 
   // buckets, in the order the API gives
   const seen = new Set();
