@@ -65,6 +65,8 @@ _LISTING_WAIT = 10.0
 # Served counters alone are saved this often; rests and quotas at once.
 STATE_EVERY = 30.0
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# How often a request for a provider with no known login may list the store itself.
+_RELIST = 0.25
 # How often a request waiting for its answer looks whether its client is still there.
 _WATCH_SECONDS = 1.0
 
@@ -105,6 +107,7 @@ class Injector:
         # mitmproxy's upstream proxy, which keyswap's own connections take too.
         self.upstream: Upstream | None = None
         self._refused: set[str] = set()  # remote addresses already named in the log
+        self._relisted = -1e9  # when a request last listed the store itself
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -275,6 +278,20 @@ class Injector:
             )
             await asyncio.sleep(_POLL_SECONDS)
 
+    async def _relist(self) -> None:
+        """Add the store's logins to the known buckets now (at most every _RELIST seconds)."""
+        now = time.monotonic()
+        if now - self._relisted < _RELIST:
+            return
+        self._relisted = now
+        try:
+            names = await asyncio.to_thread(self.tokens.names)
+        except (KeyswapError, OSError):
+            return  # the once-a-second listing says what is wrong
+        for name in names:
+            provider, _, bucket = name.partition(":")
+            self.add_bucket(provider, bucket)
+
     async def _save_state(self, force: bool = False) -> None:
         """Cooldowns, quotas and counters to the state file: at once when a rest or a quota
         changed, else every STATE_EVERY seconds while requests are served."""
@@ -353,6 +370,10 @@ class Injector:
             # Just started: which buckets are logged in is being read from the store.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._listed.wait(), _LISTING_WAIT)
+        if found.bucket is None and not self.buckets.get(found.provider or ""):
+            # No login known for it: one may have been made a moment ago (`keyswap login`
+            # then a client at once), before the once-a-second listing saw it.
+            await self._relist()
         try:
             job = self.admission.admit(req, is_loopback_client(flow), found)
             if isinstance(job, Refusal):
