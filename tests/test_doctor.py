@@ -85,6 +85,9 @@ def test_against_a_running_proxy(user: User, tmp_path: Path) -> None:
         assert lines["upstream"].startswith(
             ("✔ api.githubcopilot.com reachable", "✘ api.githubcopilot")
         )
+        # ...and the doctor said it would ask that host before it did.
+        assert "… asking https://api.githubcopilot.com/ through the proxy" in res.err
+        assert "no credentials" in res.err
         if LINUX:
             assert lines["proxy-env"].startswith("✔ the proxy (pid ")
             assert "does not point at itself (no proxy variables)" in lines["proxy-env"]
