@@ -247,8 +247,8 @@ class Dispatch:
             )
         why = session.error if done and session.error else f"did not complete within {int(wait)} s"
         msg = (
-            f"the {provider} login {why}; run `python -m login {provider}`, or "
-            "`python -m login page` for the status page"
+            f"the {provider} login {why}; run `keyswap login {provider}`, or "
+            "`keyswap page` for the status page"
         )
         return error_answer(job.route.dialect, 401, msg)
 
@@ -310,14 +310,14 @@ class Dispatch:
             n = len(job.buckets)
             msg = (
                 f"every {provider} bucket ({n}) is rate limited; the next is free in "
-                f"{int(wait) + 1} s. Add an account with `python -m login {provider} <name>`"
+                f"{int(wait) + 1} s. Add an account with `keyswap login {provider} <name>`"
             )
             return error_answer(dialect, 429, msg, retry_after=wait)
         if problems.needs_login:
             return error_answer(dialect, 401, "; ".join(problems.needs_login))
         if problems.failures:
             return error_answer(dialect, 503, "; ".join(problems.failures))
-        msg = f"not logged in to {provider}; run `python -m login {provider}`"
+        msg = f"not logged in to {provider}; run `keyswap login {provider}`"
         return error_answer(dialect, 401, msg)
 
     async def _send(

@@ -29,6 +29,7 @@ from typing import Any
 from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
 
+from login.config import is_loopback_host
 from login.env import refresh_bundle
 from login.errors import KeyswapError
 from login.net import make_client, ssl_context
@@ -66,6 +67,8 @@ _LISTING_WAIT = 10.0
 # Served counters alone are saved this often; rests and quotas at once.
 STATE_EVERY = 30.0
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# How often a request for a provider with no known login may list the store itself.
+_RELIST = 0.25
 # How often a request waiting for its answer looks whether its client is still there.
 _WATCH_SECONDS = 1.0
 
@@ -106,6 +109,8 @@ class Injector:
         self._served: list[str] | None = None
         # mitmproxy's upstream proxy, which keyswap's own connections take too.
         self.upstream: Upstream | None = None
+        self._refused: set[str] = set()  # remote addresses already named in the log
+        self._relisted = -1e9  # when a request last listed the store itself
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -146,6 +151,7 @@ class Injector:
             old.close()
 
     def running(self) -> None:
+        self._warn_if_open()
         if not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
             # Decrypt only what keyswap serves; everything else is tunnelled untouched.
             self._served = served_hosts()
@@ -160,6 +166,55 @@ class Injector:
         # Everything loaded so far lives as long as the proxy: keep it out of the
         # collector's full passes, which would otherwise stall every flow for tens of ms.
         gc.freeze()
+
+    def _warn_if_open(self) -> None:
+        """Say at start when the proxy listens beyond this machine (`mitmdump -s
+        addon/inject.py` listens on every interface) and what keyswap does about it."""
+        exposed = sorted(
+            a for a in listen_addresses() if not is_loopback_host(a.rpartition(":")[0])
+        )
+        if not exposed:
+            return
+        where = ", ".join(exposed)
+        proxy = self.settings.config.proxy
+        if not proxy.allow_remote:
+            log.warning(
+                "keyswap: the proxy listens on %s, beyond this machine; connections from other "
+                "machines are refused ([proxy] allow_remote = true serves them). "
+                "`keyswap proxy` listens on 127.0.0.1 only.",
+                where,
+            )
+        elif not self.settings.config.clients:
+            log.warning(
+                "keyswap: the proxy listens on %s with [proxy] allow_remote = true and no "
+                "[clients.*] secrets: anyone who reaches it can spend your subscriptions",
+                where,
+            )
+        else:
+            log.warning(
+                "keyswap: the proxy listens on %s with [proxy] allow_remote = true: other "
+                "machines need a [clients.*] secret for tokens, but any of them may relay "
+                "other traffic through it (mitmproxy's proxyauth option stops that)",
+                where,
+            )
+
+    def client_connected(self, client: connection.Client) -> None:
+        """A client on another machine may not use the proxy at all unless `allow_remote`:
+        refusing only its tokens would still leave an open proxy for everything else."""
+        peer = client.peername
+        if not peer or is_loopback_host(str(peer[0])):
+            return
+        if self.settings.config.proxy.allow_remote:
+            return
+        client.error = "keyswap serves only clients on this machine ([proxy] allow_remote)"
+        host = str(peer[0])
+        if host not in self._refused:  # once per address, not per connection
+            self._refused.add(host)
+            log.warning(
+                "keyswap: refused a connection from %s: only clients on this machine may use "
+                "the proxy ([proxy] allow_remote = true lets others in)",
+                host,
+            )
 
     def done(self) -> None:
         if self._task is not None:
@@ -237,6 +292,20 @@ class Injector:
                 self._requests + (sender.swept if isinstance(sender, Outbound) else 0)
             )
             await asyncio.sleep(_POLL_SECONDS)
+
+    async def _relist(self) -> None:
+        """Add the store's logins to the known buckets now (at most every _RELIST seconds)."""
+        now = time.monotonic()
+        if now - self._relisted < _RELIST:
+            return
+        self._relisted = now
+        try:
+            names = await asyncio.to_thread(self.tokens.names)
+        except (KeyswapError, OSError):
+            return  # the once-a-second listing says what is wrong
+        for name in names:
+            provider, _, bucket = name.partition(":")
+            self.add_bucket(provider, bucket)
 
     async def _save_state(self, force: bool = False) -> None:
         """Cooldowns, quotas and counters to the state file: at once when a rest or a quota
@@ -316,6 +385,10 @@ class Injector:
             # Just started: which buckets are logged in is being read from the store.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._listed.wait(), _LISTING_WAIT)
+        if found.bucket is None and not self.buckets.get(found.provider or ""):
+            # No login known for it: one may have been made a moment ago (`keyswap login`
+            # then a client at once), before the once-a-second listing saw it.
+            await self._relist()
         try:
             job = self.admission.admit(req, is_loopback_client(flow), found)
             if isinstance(job, Refusal):
@@ -476,6 +549,24 @@ def served_hosts() -> list[str]:
     hosts = {h for p in PROVIDERS.values() for r in p.routes for h in r.hosts}
     hosts |= {h for p in PROVIDERS.values() for h in p.native_hosts} | {"keyswap.local"}
     return [rf"^{re.escape(h)}:\d+$" for h in sorted(hosts)]
+
+
+def listen_addresses() -> list[str]:
+    """host:port of every listener mitmproxy was told to open ("" host: every interface,
+    shown as 0.0.0.0)."""
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    found = []
+    for spec in ctx.options.mode:
+        try:
+            mode = ProxyMode.parse(spec)
+            host = mode.listen_host(ctx.options.listen_host)
+            port = mode.listen_port(ctx.options.listen_port)
+        except ValueError:
+            continue
+        if port is not None:
+            found.append(f"{host or '0.0.0.0'}:{port}")  # noqa: S104
+    return found
 
 
 def _answer(flow: http.HTTPFlow, status: int, message: str) -> None:

@@ -98,7 +98,7 @@ class SessionUI:
         if s.announce:
             log.warning(
                 "keyswap: a request needs %s: open %s and enter the code %s "
-                "(or run `python -m login page` for the status page)",
+                "(or run `keyswap page` for the status page)",
                 s.provider.title,
                 verification_uri,
                 user_code,
@@ -112,7 +112,7 @@ class SessionUI:
         if s.announce:
             log.warning(
                 "keyswap: a request needs %s: sign in at %s "
-                "(or run `python -m login page` for the status page)",
+                "(or run `keyswap page` for the status page)",
                 title,
                 url,
             )

@@ -19,8 +19,8 @@ Any program on this machine can reach this API through the proxy, so nothing it 
 grants anything. Every API call needs one of:
 
 - the per-install secret (`X-Keyswap-Secret`, the contents of `<data dir>/manage.secret`,
-  0600): everything. For scripts and `python -m login`.
-- a page session: the cookie a browser gets for a one-time link from `python -m login page`
+  0600): everything. For scripts and `keyswap login`.
+- a page session: the cookie a browser gets for a one-time link from `keyswap page`
   (signed with that secret, see login/page.py). Reads need the cookie; state changes also
   the CSRF token the page carries (`X-Keyswap-CSRF`), bound to that session.
 - a client secret of `[clients.*]` (`X-Keyswap-Client`): only the providers and buckets its
@@ -293,6 +293,18 @@ class History:
 Handler = Callable[[http.HTTPFlow, dict[str, str], Caller], Awaitable[Reply]]
 
 
+# `[providers.<name>] enabled` as the page and API show it, and what each value does.
+_ENABLED: dict[bool | None, tuple[str, str]] = {
+    True: ("on", "served; a request with no usable login starts the login in the proxy"),
+    False: ("off", "placeholders for {name} are refused (enabled = false in the config)"),
+    None: (
+        "not set",
+        "served with the logins made by `keyswap login {name}`; no login on first use "
+        "(`keyswap enable {name}` turns that on)",
+    ),
+}
+
+
 class Manage:
     """Answers http(s)://keyswap.local/ inside the proxy."""
 
@@ -488,7 +500,7 @@ class Manage:
     # -- the page ----------------------------------------------------------------------------
 
     async def _open_link(self, flow: http.HTTPFlow, method: str, given: Given) -> Reply:
-        """A one-time link from `python -m login page`: a session cookie, then the page (the
+        """A one-time link from `keyswap page`: a session cookie, then the page (the
         303 takes the token out of the address bar and the history)."""
         if method != "GET":
             raise ApiError(405, f"{method} is not allowed here", allow=["GET"])
@@ -576,7 +588,9 @@ class Manage:
             "title": p.title,
             "flow": p.flow,
             "callback": p.callback if p.flow == "auth_code" else None,
-            "enabled": settings.enabled is not False,
+            # As configured: "on", "off" or "not set", and what that does.
+            "enabled": _ENABLED[settings.enabled][0],
+            "enabled_means": _ENABLED[settings.enabled][1].format(name=p.name),
             "strategy": settings.strategy or config.proxy.strategy,
             "buckets": [
                 self._bucket_json(p.name, b, stored.get(b), b in configured, caller) for b in names
@@ -614,7 +628,7 @@ class Manage:
         }
 
     async def _usage(self, flow: http.HTTPFlow, args: dict[str, str], caller: Caller) -> Reply:
-        """Per provider and bucket what `python -m login status` shows (login/usage.py's
+        """Per provider and bucket what `keyswap status` shows (login/usage.py's
         fields), live, plus how many conversations each bucket holds: counts, never content."""
         now = time.time()
         providers = []
@@ -779,11 +793,9 @@ class Manage:
 # -- helpers ----------------------------------------------------------------------------------
 
 _REMOTE = b"keyswap.local answers only clients on this machine\n"
-_GET_A_LINK = (
-    "Run `python -m login page` and open the link it prints in a browser that uses the proxy."
-)
+_GET_A_LINK = "Run `keyswap page` and open the link it prints in a browser that uses the proxy."
 _UNAUTHORIZED = (
-    "keyswap.local needs authorization: open the page with the link `python -m login page` "
+    "keyswap.local needs authorization: open the page with the link `keyswap page` "
     f"prints, or send {SECRET_HEADER} (the contents of <keyswap data dir>/{SECRET_FILE}), or a "
     f"[clients.*] secret in {CLIENT_HEADER}"
 )

@@ -4,7 +4,7 @@ Every answer's usage signals (`Provider.usage_from_headers`) update the bucket's
 how much of each is used and when it resets. A bucket past the threshold (`[proxy] move_at`,
 95 % of any window by default) gets no new conversations while another has headroom. Along
 with the rotation's cooldowns this is kept in a state file (0600 in the data dir), so a
-restarted proxy does not hammer an exhausted account and `python -m login status` can show
+restarted proxy does not hammer an exhausted account and `keyswap status` can show
 it whether or not the proxy runs.
 """
 
@@ -107,7 +107,7 @@ class Quota:
             self.dirty = True
 
 
-# -- the state file: cooldowns, counters and quotas, shared with `python -m login status` -----
+# -- the state file: cooldowns, counters and quotas, shared with `keyswap status` -----
 
 
 def dump(quota: Quota, rotation: Rotation) -> bytes:
@@ -138,7 +138,7 @@ def save(path: Path, quota: Quota, rotation: Rotation) -> None:
 
 def read(path: Path) -> Mapping[str, Mapping[str, Any]]:
     """The saved buckets, by "provider:bucket"; {} when there is no (usable) state. Read as
-    `python -m login status` reads it, so a file open to others is refused here too."""
+    `keyswap status` reads it, so a file open to others is refused here too."""
     try:
         _, buckets = read_state(path)
     except UnreadableState as exc:

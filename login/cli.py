@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from . import usage
-from .config import BUCKET_PATTERN, BucketRules, load_config
+from .config import BUCKET_PATTERN, DEFAULT_PORT, BucketRules, load_config
 from .credential import Credential, expiry_text
 from .doctor import DEFAULT_HOST
 from .errors import KeyswapError
@@ -23,13 +23,18 @@ from .ui import Console
 
 DEFAULT_BUCKET = "default"
 
-_FIRST, _SECOND = (*PROVIDERS.values(), *PROVIDERS.values())[:2]
-_EPILOG = f"""\
+# `python -m login` and `keyswap login` are the same program.
+PROG = "python -m login"
+
+
+def _epilog(prog: str) -> str:
+    first, second = (*PROVIDERS.values(), *PROVIDERS.values())[:2]
+    return f"""\
 examples:
-  python -m login {_FIRST.name:<23} sign in to {_FIRST.title}
-  python -m login {_SECOND.name + " work":<23} another {_SECOND.title} account, as bucket "work"
-  python -m login status                  what is logged in, and until when
-  python -m login logout {_SECOND.name + " --all":<16} forget every {_SECOND.title} login
+  {prog} {first.name:<23} sign in to {first.title}
+  {prog} {second.name + " work":<23} another {second.title} account, as bucket "work"
+  {prog} status                  what is logged in, and until when
+  {prog} logout {second.name + " --all":<16} forget every {second.title} login
 
 Tokens are kept in the OS keyring (or an encrypted file where none works;
 KEYSWAP_STORE=keyring|file chooses). Config: --config PATH, $KEYSWAP_CONFIG,
@@ -105,13 +110,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"✘ {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH", help="config file (TOML)")
     parser = _Parser(
-        prog="python -m login",
+        prog=prog,
         description="Sign in to the subscriptions keyswap uses, and manage the stored logins.",
-        epilog=_EPILOG,
+        epilog=_epilog(prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(
@@ -172,13 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "env",
+        parents=[common],
         help="print the variables that point clients at the proxy and its CA",
-        description="Print shell lines that point clients at keyswap:\n\n"
-        '  eval "$(python -m login env)"',
+        description='Print shell lines that point clients at keyswap:\n\n  eval "$(keyswap env)"',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--shell", choices=("sh", "fish", "powershell"), default="sh")
-    p.add_argument("--port", type=int, default=8080, help="the proxy's port (default: 8080)")
+    p.add_argument(
+        "--port", type=int, help="the proxy's port (default: [proxy] port in the config, 8080)"
+    )
     p.add_argument(
         "--confdir", metavar="DIR", help="mitmproxy's confdir, where its CA lives (~/.mitmproxy)"
     )
@@ -189,9 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="check the proxy, its CA, TLS through it, the token store and every login",
         description="Check that clients can use keyswap: one line per check, ✔ or ✘ with the "
-        "fix (? = could not be checked). Exit status 0 when nothing failed. Never prints a token.",
+        "fix (? = could not be checked). Exit status 0 when nothing failed. Never prints a token. "
+        "It contacts the proxy and a test server of its own on 127.0.0.1, and through the "
+        "proxy one provider host (--host) with a GET that carries no credentials, said on "
+        "stderr before it is sent; logins are checked from the store, no provider is asked.",
     )
-    p.add_argument("--port", type=int, default=8080, help="the proxy's port (default: 8080)")
+    p.add_argument(
+        "--port", type=int, help="the proxy's port (default: [proxy] port in the config, 8080)"
+    )
     p.add_argument(
         "--confdir",
         metavar="DIR",
@@ -265,11 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     forbid_core_dumps()  # before any token is read into memory
     argv = sys.argv[1:] if argv is None else argv
     _use_config(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         result: int = args.run(args)
         return result
@@ -348,7 +360,7 @@ def _status(args: argparse.Namespace) -> int:
         return code
     if not entries:
         which = args.provider or "any provider"
-        print(f"Not logged in to {which}. Run `python -m login <provider>` (see --help).")
+        print(f"Not logged in to {which}. Run `keyswap login <provider>` (see --help).")
         return 0
     slots = max(len(u["windows"]) for u in usages)
     rows = [
@@ -429,7 +441,7 @@ def _env(args: argparse.Namespace) -> int:
     from .env import env_lines, mitmproxy_ca, write_bundle
 
     bundle = write_bundle(mitmproxy_ca(Path(args.confdir) if args.confdir else None))
-    print("\n".join(env_lines(args.port, bundle, args.shell)))
+    print("\n".join(env_lines(_port(args), bundle, args.shell)))
     return 0
 
 
@@ -439,7 +451,18 @@ def _doctor(args: argparse.Namespace) -> int:
     from .doctor import Options, run
 
     confdir = Path(args.confdir).expanduser() if args.confdir else None
-    return run(Options(args.port, confdir, args.config, args.host, args.timeout))
+    return run(Options(_port(args), confdir, args.config, args.host, args.timeout))
+
+
+def _port(args: argparse.Namespace) -> int:
+    """--port, else the config's `[proxy] port` (a config that cannot be read: 8080, and
+    `doctor` says why)."""
+    if args.port is not None:
+        return int(args.port)
+    try:
+        return load_config(args.config).proxy.port
+    except KeyswapError:
+        return DEFAULT_PORT
 
 
 def _switch(args: argparse.Namespace) -> int:

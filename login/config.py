@@ -57,7 +57,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# Where `keyswap proxy` listens on 127.0.0.1 unless `[proxy] port` says otherwise.
+DEFAULT_PORT = 8080
+
+
 class ProxySettings(_Strict):
+    # The port `keyswap proxy` listens on, and `keyswap env` / `keyswap doctor` point at.
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     # sticky: a conversation stays on one account (its prompt cache); round-robin: every
     # request to the next account; failover: the first account until it is limited.
     strategy: Strategy = "sticky"
@@ -119,7 +125,7 @@ _FRAMING_HEADERS = frozenset(
 
 
 class ProviderSettings(_Strict):
-    # None: log in with `python -m login`; True: also on first use, inside the proxy;
+    # None: log in with `keyswap login`; True: also on first use, inside the proxy;
     # False: placeholders for this provider are refused.
     enabled: bool | None = None
     strategy: Strategy | None = None
@@ -278,7 +284,7 @@ def load_config(path: str | Path | None = None) -> Config:
     return config.model_copy(update={"path": str(file), "defined": defined})
 
 
-# Names that are commands of `python -m login` (or mean something in a placeholder), so no
+# Names that are commands of `keyswap login` (or mean something in a placeholder), so no
 # provider may take them.
 RESERVED_NAMES = frozenset(
     {"status", "logout", "env", "doctor", "enable", "disable", "refresh", "page", "import"}
@@ -309,7 +315,7 @@ def _check_providers(config: Config, file: str) -> dict[str, Any]:
                     file,
                     key,
                     "a defined provider's name is lower-case letters, digits and '-' "
-                    "(up to 32), and not a command of `python -m login`",
+                    "(up to 32), and not a command of `keyswap login`",
                 )
             try:
                 defined[name] = provider = define(name, settings, defined.values())

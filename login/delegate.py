@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .config import is_loopback_host
+from .config import DEFAULT_PORT, is_loopback_host, load_config
 from .errors import KeyswapError, LoginError
 from .page import PAGE, manage_secret
 from .providers import PROVIDERS
@@ -19,12 +19,16 @@ _POLL = 0.5
 
 
 def _proxy() -> str:
-    """The proxy this shell uses (after `eval "$(python -m login env)"`), else the default."""
+    """The proxy this shell uses (after `eval "$(keyswap env)"`), else the default."""
     for var in ("HTTPS_PROXY", "https_proxy"):
         url = os.environ.get(var, "")
         if url and is_loopback_host(urlsplit(url).hostname or ""):
             return url
-    return "http://127.0.0.1:8080"
+    try:
+        port = load_config().proxy.port
+    except KeyswapError:
+        port = DEFAULT_PORT
+    return f"http://127.0.0.1:{port}"
 
 
 async def delegate(provider: str, bucket: str, ui: Console, timeout: float) -> str | None:
@@ -49,8 +53,7 @@ async def delegate(provider: str, bucket: str, ui: Console, timeout: float) -> s
         if login["state"] == "failed":
             raise LoginError(login.get("error") or "the login failed")
         ui.step(
-            "The running keyswap proxy handles this sign-in "
-            "(`python -m login page` opens its status page)"
+            "The running keyswap proxy handles this sign-in (`keyswap page` opens its status page)"
         )
         if login.get("authorize_url"):
             ui.authorize_url(login["authorize_url"], PROVIDERS[provider].title, login["listening"])

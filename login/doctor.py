@@ -1,11 +1,16 @@
-"""`python -m login doctor`: is everything between a client and its subscription in place?
+"""`keyswap doctor`: is everything between a client and its subscription in place?
+
+What it contacts: the proxy on 127.0.0.1, a throwaway test server of its own on 127.0.0.1,
+and through the proxy one provider host (`--host`, default the first provider's API host)
+with a `GET /` that carries no credentials, announced on stderr before it is sent. Logins
+are checked from the store only: no refresh, no provider asked.
 
 One line per check: `✔` passed, `✘` failed (with the fix on the same line), `?` could not
 be checked. Exit 0 when nothing failed. No check prints a token: logins are shown by
 name and state only.
 
 The TLS check proves what it can offline: with `connection_strategy=lazy` (what
-`python -m addon` uses) mitmproxy answers CONNECT and does the TLS handshake itself,
+`keyswap proxy` uses) mitmproxy answers CONNECT and does the TLS handshake itself,
 so the certificate check needs no network; whether the provider is reachable from the
 proxy is then a separate line.
 """
@@ -35,7 +40,7 @@ from . import http1
 from .config import is_loopback_host, load_config
 from .credential import expiry_text
 from .env import DEFAULT_CONFDIR, bundle_content, bundle_path, ca_path
-from .errors import KeyswapError
+from .errors import KeyswapError, login_command
 from .providers import PROVIDERS
 from .store import keyrings
 from .store.paths import data_dir
@@ -109,7 +114,7 @@ def checks(opts: Options) -> Iterator[Check]:
 
 def _start_fix(port: int) -> str:
     flag = "" if port == DEFAULT_PORT else f" --listen-port {port}"
-    return f"start it: python -m addon{flag}"
+    return f"start it: keyswap proxy{flag}"
 
 
 def check_proxy(port: int, timeout: float) -> Check:
@@ -172,7 +177,7 @@ def _env_fix(opts: Options, confdir: Path, explicit: bool) -> str:
     flags = "" if opts.port == DEFAULT_PORT else f" --port {opts.port}"
     if explicit or confdir != DEFAULT_CONFDIR.expanduser():
         flags += f" --confdir {confdir}"
-    return f'eval "$(python -m login env{flags})"'
+    return f'eval "$(keyswap env{flags})"'
 
 
 def check_bundle(confdir: Path, opts: Options, proc: ProxyProcess | None, explicit: bool) -> Check:
@@ -182,14 +187,13 @@ def check_bundle(confdir: Path, opts: Options, proc: ProxyProcess | None, explic
             "fail",
             f"the proxy on port {opts.port} (pid {proc.pid}) keeps its CA in {proc.confdir}, "
             f"not {confdir}",
-            f"python -m login doctor --confdir {proc.confdir}, and "
-            + _env_fix(opts, proc.confdir, True),
+            f"keyswap doctor --confdir {proc.confdir}, and " + _env_fix(opts, proc.confdir, True),
         )
     if not ca.is_file():
         return Check(
             "fail",
             f"mitmproxy's CA {ca} does not exist",
-            "start the proxy once (python -m addon creates the CA), or pass --confdir DIR "
+            "start the proxy once (keyswap proxy creates the CA), or pass --confdir DIR "
             "where the proxy keeps it",
         )
     fix = _env_fix(opts, confdir, explicit)
@@ -214,7 +218,7 @@ def check_bundle(confdir: Path, opts: Options, proc: ProxyProcess | None, explic
     note = ""
     try:
         if content != bundle_content(ca):
-            note = "; its other roots differ from certifi's now, `python -m login env` updates them"
+            note = "; its other roots differ from certifi's now, `keyswap env` updates them"
     except OSError:
         pass
     return Check("ok", f"CA bundle {bundle} holds mitmproxy's current CA ({ca}){note}")
@@ -273,7 +277,7 @@ def check_tls(opts: Options, confdir: Path) -> Iterator[Check]:
                 f"{what}: the proxy could not reach {host}:443 before the handshake "
                 f"({_mitm_message(body) or reason}); the certificate was not checked",
                 "give the proxy network access, or start it with --set connection_strategy=lazy "
-                "(python -m addon does)",
+                "(keyswap proxy does)",
             )
             return
         if status != 200:
@@ -296,7 +300,7 @@ def check_tls(opts: Options, confdir: Path) -> Iterator[Check]:
                 "fail",
                 f"{what}: the proxy broke off the handshake ({_why(exc)}); it may have failed to "
                 f"reach {host} (see its log)",
-                "start the proxy with --set connection_strategy=lazy (python -m addon does), "
+                "start the proxy with --set connection_strategy=lazy (keyswap proxy does), "
                 "or give it network access",
             )
             return
@@ -313,6 +317,13 @@ def check_tls(opts: Options, confdir: Path) -> Iterator[Check]:
                 )
                 return
             yield Check("ok", f"{what} verifies with {label} (certificate by {_name(issuer)})")
+            # The one request that leaves this machine: said before it is made.
+            print(
+                f"… asking https://{host}/ through the proxy whether it answers (one GET with "
+                "no credentials; --host HOST asks another)",
+                file=sys.stderr,
+                flush=True,
+            )
             yield _check_upstream(tls, host, timeout)
 
 
@@ -338,7 +349,7 @@ def _check_upstream(tls: ssl.SSLSocket, host: str, timeout: float) -> Check:
             f"{host} is not reachable from the proxy ({_mitm_message(body) or reason}); the "
             "certificate check above did not need it",
             f"give the proxy's machine access to {host} (DNS, firewall), or chain a proxy: "
-            "python -m addon --mode upstream:http://HOST:PORT",
+            "keyswap proxy --mode upstream:http://HOST:PORT",
         )
     return Check("ok", f"{host} reachable through the proxy (it answered HTTP {status})")
 
@@ -498,7 +509,7 @@ def check_logins(config_path: str | None) -> list[Check]:
             Check(
                 "fail",
                 "no stored logins: the proxy has no token to swap in",
-                f"python -m login <provider> ({', '.join(PROVIDERS)})",
+                f"keyswap login <provider> ({', '.join(PROVIDERS)})",
             )
         ]
     return [_login_check(e) for e in entries]
@@ -506,7 +517,7 @@ def check_logins(config_path: str | None) -> list[Check]:
 
 def _login_check(e: Entry) -> Check:
     name = f"{e.provider}:{e.bucket}"
-    cmd = f"python -m login {e.provider}" + ("" if e.bucket == "default" else f" {e.bucket}")
+    cmd = login_command(e.provider, e.bucket)
     who = f"{e.account}, " if e.account else ""
     if e.state == "valid":
         return Check("ok", f"login {name}: valid ({who}{expiry_text(e.expires_at)})")
@@ -639,7 +650,7 @@ def check_proxy_env(port: int, proc: ProxyProcess | str) -> Check:
         return Check(
             "fail",
             f"the proxy ({who}) has {shown}: that is itself",
-            f"restart it without proxy variables: env {unset} python -m addon",
+            f"restart it without proxy variables: env {unset} keyswap proxy",
         )
     set_to = [f"{v}={proc.env[v]}" for v in PROXY_VARS if proc.env.get(v)]
     detail = ", ".join(set_to) if set_to else "no proxy variables"

@@ -1,4 +1,4 @@
-"""`python -m login env`: the variables that make clients use the proxy and trust its CA.
+"""`keyswap env`: the variables that make clients use the proxy and trust its CA.
 
 Clients get one CA *bundle* (certifi's roots + mitmproxy's CA), because pointing
 `SSL_CERT_FILE` at mitmproxy's CA alone would break every host keyswap does not touch.
@@ -48,7 +48,7 @@ def mitmproxy_ca(confdir: Path | None = None) -> Path:
     path = ca_path(confdir)
     if not path.is_file():
         raise KeyswapError(
-            f"{path} does not exist yet: start the proxy once (`python -m addon`), "
+            f"{path} does not exist yet: start the proxy once (`keyswap proxy`), "
             "which creates mitmproxy's CA, then run this again"
         )
     return path

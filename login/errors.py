@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+# How messages name keyswap's commands: the console command `keyswap` that set-up installs.
+# `keyswap login ...` is `keyswap login ...` and `keyswap proxy` is `keyswap proxy`.
+CLI = "keyswap"
+
+
+def command(*words: str) -> str:
+    """A keyswap command line as messages show it: command("page") is `keyswap page`."""
+    return " ".join((CLI, *words))
+
 
 def login_command(provider: str, bucket: str, verb: str = "") -> str:
     """The command that logs in to provider/bucket again (`verb`: e.g. "import ")."""
-    return f"python -m login {verb}{provider}" + ("" if bucket == "default" else f" {bucket}")
+    words = [verb.strip() or "login", provider] + ([] if bucket == "default" else [bucket])
+    return command(*words)
 
 
 class KeyswapError(Exception):
@@ -26,7 +36,7 @@ class LoginError(KeyswapError):
 
 
 class NeedsLogin(KeyswapError):
-    """No usable credential: the user must run `python -m login <provider> [bucket]`."""
+    """No usable credential: the user must run `keyswap login <provider> [bucket]`."""
 
     def __init__(self, provider: str, bucket: str, why: str, fix: str | None = None) -> None:
         self.provider, self.bucket, self.why = provider, bucket, why
@@ -65,7 +75,7 @@ class CorruptEntry(BadEntry):
     """One stored entry cannot be read."""
 
     def __init__(self, name: str, reason: str, fix: str | None = None) -> None:
-        fix = fix or f"log in again or run `python -m login logout {name.replace(':', ' ')}`"
+        fix = fix or f"log in again or run `keyswap logout {name.replace(':', ' ')}`"
         super().__init__(name, f"stored login {name!r} is unreadable ({reason}); {fix}")
 
 

@@ -1,4 +1,4 @@
-"""`python -m login import <provider> [bucket]`: take over a login another tool already holds.
+"""`keyswap import <provider> [bucket]`: take over a login another tool already holds.
 
 Which tool, which files and what is in them is each provider's (`Provider.import_sources`);
 this module is the command around them: find the login, say what will happen to it (whose
@@ -124,7 +124,7 @@ def _find(provider: Provider, override: Path | None) -> Read:
     if not sources:
         raise KeyswapError(
             f"keyswap knows no other tool's {provider.title} login to import; log in with "
-            f"`python -m login {provider.name}`"
+            f"`keyswap login {provider.name}`"
         )
     for source in sources[:1] if override is not None else sources:
         got = read(source, override)
@@ -134,7 +134,7 @@ def _find(provider: Provider, override: Path | None) -> Read:
     places = str(override) if override is not None else describe(first.files, first.keychain)
     raise KeyswapError(
         f"no {first.tool} login found at {places} (log in with {first.login_how} or use "
-        f"`python -m login {provider.name}`)"
+        f"`keyswap login {provider.name}`)"
     )
 
 

@@ -1,5 +1,5 @@
-"""`python -m login migrate`: move every login to another store (the keyring, the file store,
-or a shared Redis), or make a key for a Redis store.
+"""`keyswap migrate` (`python -m login migrate`): move every login to another store (the
+keyring, the file store, or a shared Redis), or make a key for a Redis store.
 
 A login is moved, not copied: with refresh tokens that rotate, two stores holding one login
 are two owners, and the first refresh in one burns it in the other. Each entry is taken
@@ -25,8 +25,8 @@ HELP = "move every login to another store (keyring, file, or a redis:// URL)"
 DESCRIPTION = """\
 Move every stored login to another store, e.g. to share them between proxies:
 
-  export KEYSWAP_STORE_KEY="$(python -m login migrate --new-key)"
-  python -m login migrate --to redis://127.0.0.1:6379/0
+  export KEYSWAP_STORE_KEY="$(keyswap migrate --new-key)"
+  keyswap migrate --to redis://127.0.0.1:6379/0
 
 then run every proxy with KEYSWAP_STORE=redis://127.0.0.1:6379/0 and the same
 KEYSWAP_STORE_KEY. Logins are moved, not copied (a refresh token that rotates

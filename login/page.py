@@ -1,4 +1,4 @@
-"""`python -m login page`: a one-time link that opens the status page with full control.
+"""`keyswap page`: a one-time link that opens the status page with full control.
 
 The status page's authority must be something a program that can only talk to the proxy
 cannot fetch. The link carries a token the CLI signs with the per-install management secret
@@ -41,7 +41,7 @@ def manage_secret() -> str:
         secret = read_private(path).decode("ascii", "replace").strip()
     except FileNotFoundError:
         raise KeyswapError(
-            f"no management secret at {path}: start the proxy once (python -m addon)"
+            f"no management secret at {path}: start the proxy once (keyswap proxy)"
         ) from None
     except OSError as exc:
         raise KeyswapError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -126,6 +126,6 @@ def run(args: argparse.Namespace) -> int:
         ui.say(f"  that uses the keyswap proxy ({terms}):")
     else:
         ui.step(f"Open this link in a browser that uses the keyswap proxy ({terms}):")
-    # The link itself on stdout alone, so `python -m login page --no-browser` can be piped.
+    # The link itself on stdout alone, so `keyswap page --no-browser` can be piped.
     print(url, file=sys.stdout, flush=True)
     return 0

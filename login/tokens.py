@@ -287,7 +287,7 @@ class TokenService:
 
     async def _save_held(self, name: str) -> None:
         """Try to save held tokens (the entry's locks are held), unless a login made
-        elsewhere since (`python -m login` again) has replaced them."""
+        elsewhere since (`keyswap login` again) has replaced them."""
         held = self._held.get(name)
         if held is None:
             return
@@ -353,7 +353,7 @@ class TokenService:
         return cred
 
     async def adopt(self, seed: Credential, ui: LoginUI) -> Credential:
-        """Take over a login another tool made (`python -m login import`): refresh it once
+        """Take over a login another tool made (`keyswap import`): refresh it once
         with the provider, as any refresh, to prove it alive and get tokens of keyswap's own.
         Under the entry's locks; a rotated refresh token is saved as soon as it arrives,
         before anything else may fail. NeedsLogin (nothing stored) when the grant is dead."""

@@ -1,4 +1,4 @@
-"""Each bucket's quota windows, cooldown and traffic, as `python -m login status` and the
+"""Each bucket's quota windows, cooldown and traffic, as `keyswap status` and the
 status page's `GET /api/usage` show them.
 
 The proxy keeps these per bucket (addon/quota.py) and saves them to `<data dir>/state.json`
@@ -93,7 +93,7 @@ def _window(raw: Any, now: float) -> dict[str, Any] | None:
     }
 
 
-# -- the compact text `python -m login status` prints -----------------------------------------
+# -- the compact text `keyswap status` prints -----------------------------------------
 
 
 def span(seconds: float) -> str:

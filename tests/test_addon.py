@@ -3,14 +3,17 @@ provider APIs over real TLS."""
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -204,20 +207,62 @@ def remote_address() -> str | None:
     return None if addr.startswith("127.") else addr
 
 
-def test_remote_clients_get_no_token(s: Stack) -> None:
+@contextmanager
+def local_origin() -> Iterator[str]:
+    """A plain HTTP server on loopback: traffic that is not keyswap's."""
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_remote_clients_cannot_use_the_proxy_at_all(s: Stack) -> None:
+    """`mitmdump -s addon/inject.py` listens on every interface: keyswap says so at start and
+    closes connections from other machines, for tokens and any other traffic alike (no open
+    proxy), while clients on this machine are served as before."""
     addr = remote_address()
     if addr is None:
-        pytest.skip("this machine has no non-loopback address")
+        pytest.skip("this machine has no non-loopback address to be a remote client from")
     s.login_anthropic()
-    with s.proxy("--listen-host", "0.0.0.0") as proxy:
-        remote = http_client(proxy, f"http://{addr}:{proxy.port}")
-        resp = remote.post(
-            "https://api.anthropic.com/v1/messages",
-            headers={"x-api-key": "oauth:anthropic"},
-            json={},
-        )
-    assert resp.status_code == 403 and "clients on this machine" in resp.text
+    with local_origin() as origin, s.proxy("--listen-host", "0.0.0.0") as proxy:
+        proxy.wait_for("beyond this machine; connections from other machines are refused")
+        with http_client(proxy, f"http://{addr}:{proxy.port}") as remote:
+            with pytest.raises(httpx.TransportError):
+                post_messages(remote)
+            with pytest.raises(httpx.TransportError):
+                remote.get(origin)
+        proxy.wait_for(f"refused a connection from {addr}")
+        with http_client(proxy) as local:
+            assert local.get(origin).text == "hello"
     assert not [c for c in s.api.calls if c.provider == "anthropic"]
+
+
+def test_allow_remote_lets_other_machines_in(s: Stack) -> None:
+    addr = remote_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback address to be a remote client from")
+    s.configure("[proxy]\nallow_remote = true\n")
+    token = s.login_anthropic()
+    with local_origin() as origin, s.proxy("--listen-host", "0.0.0.0") as proxy:
+        proxy.wait_for("allow_remote = true and no [clients.*] secrets")
+        with http_client(proxy, f"http://{addr}:{proxy.port}") as remote:
+            assert remote.get(origin).text == "hello"
+            assert post_messages(remote).status_code == 200
+    assert s.api.calls[-1].headers["authorization"] == f"Bearer {token}"
 
 
 def test_token_never_in_dumps_or_flow_output(s: Stack, tmp_path: Path) -> None:
@@ -299,7 +344,7 @@ def test_all_buckets_cooling_answers_429_with_retry_after(s: Stack) -> None:
     assert 30 <= int(resp.headers["retry-after"]) <= 41, "the soonest reset, from the hints"
     body = resp.json()
     assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
-    assert "python -m login anthropic" in body["error"]["message"]
+    assert "keyswap login anthropic" in body["error"]["message"]
 
 
 def test_401_refreshes_once_and_retries(s: Stack) -> None:
@@ -323,7 +368,7 @@ def test_not_logged_in_is_a_401_that_says_what_to_run(s: Stack) -> None:
             json={"model": "gpt-4.1", "messages": []},
         )
     assert resp.status_code == 401
-    assert "python -m login copilot" in resp.json()["error"]["message"]
+    assert "keyswap login copilot" in resp.json()["error"]["message"]
 
 
 # -- streaming --------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ def test_a_defined_provider_refreshes_a_rotating_token_at_its_discovered_endpoin
     assert res.code == 0, res.err
     assert issuer.grants.spent == first and issuer.grants.refresh.isdisjoint(first)
     assert user.run("logout", "grok").code == 0
-    assert "grok" not in user.run("status").out.replace("python -m login grok", "")
+    assert "grok" not in user.run("status").out.replace("keyswap login grok", "")
 
 
 def test_an_issuer_that_names_another_issuer_is_refused(

@@ -218,7 +218,7 @@ CASES = [
         {"a": "login", "b": "login"},
         401,
         "",
-        "run `python -m login anthropic a`; anthropic/b",
+        "run `keyswap login anthropic a`; anthropic/b",
     ),
     ("a failure is passed over", ("a", "b"), False, {"b": [OK]}, {"a": "fail"}, 200, "b", None),
     ("failures everywhere", ("a",), False, {}, {"a": "fail"}, 503, "", "the store is broken"),
@@ -326,7 +326,7 @@ def test_the_token_and_the_providers_headers_go_upstream_and_are_remembered() ->
         (
             "access_denied",
             401,
-            "the anthropic login access_denied; run `python -m login anthropic`",
+            "the anthropic login access_denied; run `keyswap login anthropic`",
         ),
         (None, 401, "did not complete within 0 s"),
     ],

@@ -1,4 +1,4 @@
-"""`python -m login doctor`, run as a user would: without a proxy, against a real mitmdump with
+"""`keyswap login doctor`, run as a user would: without a proxy, against a real mitmdump with
 keyswap loaded (offline: mitmproxy's lazy strategy does TLS without dialing upstream), and
 over stored logins in every state."""
 
@@ -54,14 +54,14 @@ def test_without_a_proxy_says_how_to_start_it(user: User, tmp_path: Path) -> Non
     assert res.code == 1
     assert res.out.splitlines()[0] == lines["proxy"]
     assert lines["proxy"].startswith(f"✘ proxy not reachable at 127.0.0.1:{port}")
-    assert f"python -m addon --listen-port {port}" in lines["proxy"]
+    assert f"keyswap proxy --listen-port {port}" in lines["proxy"]
     assert lines["bundle"].startswith("✘") and "does not exist" in lines["bundle"]
     assert lines["tls"].startswith("? ") and "not checked" in lines["tls"]
     assert lines["proxy-env"].startswith("? ") and "could not be checked" in lines["proxy-env"]
     assert lines["store"] == (
         f"✔ token store: encrypted files in {user.data_dir / 'tokens'} (KEYSWAP_STORE=file)"
     )
-    assert lines["logins"].startswith("✘ no stored logins") and "python -m login" in res.out
+    assert lines["logins"].startswith("✘ no stored logins") and "keyswap login" in res.out
 
 
 def test_against_a_running_proxy(user: User, tmp_path: Path) -> None:
@@ -85,6 +85,9 @@ def test_against_a_running_proxy(user: User, tmp_path: Path) -> None:
         assert lines["upstream"].startswith(
             ("✔ api.githubcopilot.com reachable", "✘ api.githubcopilot")
         )
+        # ...and the doctor said it would ask that host before it did.
+        assert "… asking https://api.githubcopilot.com/ through the proxy" in res.err
+        assert "no credentials" in res.err
         if LINUX:
             assert lines["proxy-env"].startswith("✔ the proxy (pid ")
             assert "does not point at itself (no proxy variables)" in lines["proxy-env"]
@@ -119,7 +122,7 @@ def test_stale_bundle_and_a_proxy_that_points_at_itself(user: User, tmp_path: Pa
         res, lines = doctor(user, "--port", str(port))
         assert res.code == 1
         assert lines["proxy"].startswith("✔ proxy reachable")
-        fix = f'eval "$(python -m login env --port {port} --confdir {proxy.confdir})"'
+        fix = f'eval "$(keyswap env --port {port} --confdir {proxy.confdir})"'
         assert lines["bundle"].startswith("✘ the CA bundle") and lines["bundle"].endswith(fix)
         assert lines["tls"].startswith(
             "✘ TLS through the proxy to api.githubcopilot.com: the "
@@ -163,9 +166,9 @@ def test_logins_show_their_states_and_no_token(user: User, fake: FakeOAuth) -> N
     assert by_bucket["ok"].startswith("✔ login anthropic:ok: valid (user@example.com, expires in")
     assert by_bucket["old"].startswith("✔ login anthropic:old: expired-refreshable")
     assert by_bucket["dead"].startswith("✘ login anthropic:dead: needs-login")
-    assert by_bucket["dead"].endswith("— fix: python -m login anthropic dead")
+    assert by_bucket["dead"].endswith("— fix: keyswap login anthropic dead")
     assert by_bucket["bad"].startswith("✘ login anthropic:bad: corrupt — fix: ")
     assert "bad.tok does not decrypt" in by_bucket["bad"]
-    assert by_bucket["bad"].endswith("`python -m login logout anthropic bad`")
+    assert by_bucket["bad"].endswith("`keyswap logout anthropic bad`")
     issued = [*fake._tokens.access, *fake._tokens.refresh]
     assert issued and not any(token in res.out + res.err for token in issued)

@@ -1,4 +1,4 @@
-"""`python -m login import`: logins other tools already hold, read from files laid out as
+"""`keyswap import`: logins other tools already hold, read from files laid out as
 those tools write them, checked against the fake OAuth servers and stored (issue 16.1)."""
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def test_dead_refresh_token_stores_nothing(user: User, fake: FakeOAuth) -> None:
     assert res.code == 1
     line = one_line(res)
     assert f"the Codex CLI login in {path} no longer works" in line
-    assert "`codex login`" in line and "`python -m login codex`" in line
+    assert "`codex login`" in line and "`keyswap login codex`" in line
     assert "nothing was stored" in line
     no_secrets(res, dead)
     assert status(user) == []
@@ -187,7 +187,7 @@ def test_missing_file_is_one_line(user: User, fake: FakeOAuth) -> None:
     path = user.home / ".codex" / "auth.json"
     assert one_line(res) == (
         f"✘ no Codex CLI login found at {path} (log in with `codex login` or use "
-        "`python -m login codex`)"
+        "`keyswap login codex`)"
     )
 
 
@@ -397,7 +397,7 @@ def test_tool_refreshing_after_import_is_named(user: User, fake: FakeOAuth) -> N
     line = one_line(res)
     assert f"Codex CLI refreshed this login after it was imported ({path} changed)" in line
     assert "the login now belongs to it" in line
-    assert "run `python -m login import codex` again or log in" in line
+    assert "run `keyswap import codex` again or log in" in line
     [entry] = status(user)
     assert entry["state"] == "needs-login" and str(path) in entry["detail"]
 

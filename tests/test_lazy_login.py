@@ -48,7 +48,7 @@ def test_the_wait_times_out_cleanly(s: Stack) -> None:
     with s.proxy() as proxy:
         status, text = ask(proxy)
     assert status == 401
-    assert "did not complete within 1 s" in text and "python -m login page" in text
+    assert "did not complete within 1 s" in text and "keyswap page" in text
     assert s.api.calls == []
 
 
@@ -63,5 +63,5 @@ def test_disabled_provider_is_refused_without_any_login(s: Stack) -> None:
 def test_without_enable_there_is_no_login_in_the_proxy(s: Stack) -> None:
     with s.proxy() as proxy:
         status, text = ask(proxy)
-    assert status == 401 and "python -m login copilot" in text
+    assert status == 401 and "keyswap login copilot" in text
     assert s.oauth.count("copilot", "device_code") == 0

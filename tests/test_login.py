@@ -441,7 +441,7 @@ def test_revoked_refresh_token_means_needs_login(user: User, fake: FakeOAuth) ->
     login_anthropic(user, fake)
     fake.revoke_refresh_tokens("anthropic")
     res = user.run("refresh", "anthropic")
-    assert res.code == 1 and "python -m login anthropic" in res.err
+    assert res.code == 1 and "keyswap login anthropic" in res.err
     assert status(user)[0]["state"] == "needs-login"
 
 

@@ -55,7 +55,7 @@ def auth(user: User) -> dict[str, str]:
 
 
 def page_link(user: User) -> str:
-    """A one-time link to the page, as `python -m login page` prints it."""
+    """A one-time link to the page, as `keyswap page` prints it."""
     secret(user)  # the proxy has written the secret the CLI signs with
     res = user.run("page", "--no-browser")
     assert res.code == 0, res.err
@@ -180,7 +180,7 @@ def test_models(s: Stack) -> None:
     listed = list(getattr(PROVIDERS["gemini"], "models"))
     assert [m["id"] for m in gemini.json()["models"]] == listed and listed
     assert anthropic.json()["models"] is None and "does not list" in anthropic.json()["detail"]
-    assert nobody.status_code == 409 and "python -m login copilot nobody" in nobody.text
+    assert nobody.status_code == 409 and "keyswap login copilot nobody" in nobody.text
     assert unknown.status_code == 404 and "unknown provider" in unknown.text
 
 
@@ -366,12 +366,38 @@ def test_secret_file_is_private_and_survives_restarts(s: Stack) -> None:
     assert resp.status_code == 200
 
 
+def test_enabled_is_shown_as_configured(s: Stack) -> None:
+    """on, off or not set, with what each does: no config is not "on" (no login on first use)."""
+    s.configure("[providers.copilot]\nenabled = true\n[providers.codex]\nenabled = false\n")
+    with s.proxy() as proxy, client(proxy, s.user) as c:
+        listing = c.get(f"{BASE}/api/auth/providers").json()
+        one = c.get(f"{BASE}/api/auth/status/anthropic").json()
+    providers = {p["name"]: p for p in listing["providers"]}
+    assert providers["copilot"]["enabled"] == "on"
+    assert "starts the login in the proxy" in providers["copilot"]["enabled_means"]
+    assert providers["codex"]["enabled"] == "off"
+    assert "refused" in providers["codex"]["enabled_means"]
+    assert providers["anthropic"]["enabled"] == "not set" == one["enabled"]
+    assert one["enabled_means"] == (
+        "served with the logins made by `keyswap login anthropic`; no login on first use "
+        "(`keyswap enable anthropic` turns that on)"
+    )
+
+
 def test_only_clients_on_this_machine(s: Stack) -> None:
     from tests.test_addon import remote_address
 
     addr = remote_address()
     if addr is None:
         pytest.skip("this machine has no non-loopback address")
+    with s.proxy("--listen-host", "0.0.0.0") as proxy:
+        verify = ssl.create_default_context(cafile=proxy.ca)
+        with httpx.Client(proxy=f"http://{addr}:{proxy.port}", verify=verify) as remote:
+            # Without allow_remote another machine cannot use the proxy at all.
+            with pytest.raises(httpx.TransportError):
+                remote.get(f"{BASE}/api/auth/providers")
+    # With it, other machines may use the proxy, but not its page.
+    s.configure("[proxy]\nallow_remote = true\n")
     with s.proxy("--listen-host", "0.0.0.0") as proxy:
         verify = ssl.create_default_context(cafile=proxy.ca)
         with httpx.Client(proxy=f"http://{addr}:{proxy.port}", verify=verify) as remote:
@@ -424,11 +450,11 @@ def test_a_scraped_page_with_a_forged_origin_changes_nothing(s: Stack) -> None:
         }
         for what, resp in attempts.items():
             assert resp.status_code == 401, (what, resp.text)
-            assert "python -m login page" in resp.json()["error"], what
+            assert "keyswap page" in resp.json()["error"], what
         view = c.get(f"{BASE}/api/auth/status/copilot", headers=auth(s.user)).json()
         codex = c.get(f"{BASE}/api/auth/status/codex", headers=auth(s.user)).json()
     # The page without a session says what to do and carries nothing that grants anything.
-    assert page.status_code == 200 and "python -m login page" in page.text
+    assert page.status_code == 200 and "keyswap page" in page.text
     assert found is None and "set-cookie" not in page.headers
     [default] = view["buckets"]
     assert default["state"] == "valid", "still logged in"
@@ -496,7 +522,7 @@ def test_expired_tampered_and_foreign_links_are_refused(s: Stack) -> None:
             resp = c.get(link_url(token))
             assert resp.status_code == 403, what
             assert "set-cookie" not in resp.headers, what
-            assert "python -m login page" in resp.text, what
+            assert "keyswap page" in resp.text, what
         assert c.get(link_url(good)).status_code == 303, "a good link still works"
     assert proxy.output
 

@@ -99,7 +99,7 @@ def test_device_login_reset_and_logout_in_the_browser(s: Stack, tmp_path: Path) 
             page.on("pageerror", lambda exc: problems.append(str(exc)))
             # Without a session the page only says how to get one.
             page.goto("http://keyswap.local/")
-            expect(page.locator("main")).to_contain_text("python -m login page")
+            expect(page.locator("main")).to_contain_text("keyswap page")
             expect(page.get_by_role("heading", name="GitHub Copilot")).to_have_count(0)
 
             # The one-time link: a session cookie, then the page with the token gone.
@@ -172,7 +172,7 @@ def test_device_login_reset_and_logout_in_the_browser(s: Stack, tmp_path: Path) 
             again = browser.new_page()
             again.goto(one_time)
             expect(again.locator("main")).to_contain_text("already used")
-            expect(page.locator("#problem")).to_contain_text("python -m login page")
+            expect(page.locator("#problem")).to_contain_text("keyswap page")
             again.goto("http://keyswap.local/")
             expect(again.locator("main")).to_contain_text("needs a one-time link")
         finally:

@@ -1,6 +1,6 @@
 // keyswap status page: polls /api/auth/providers and /api/usage, and drives logins, logouts
 // and resets. Plain DOM, no build step. Elements are kept between polls so focus and typing survive.
-// Its authority is the HttpOnly session cookie (from `python -m login page`'s one-time link)
+// Its authority is the HttpOnly session cookie (from `keyswap page`'s one-time link)
 // plus the CSRF token below, which is bound to that session and sent on every change.
 "use strict";
 
@@ -134,7 +134,7 @@ async function refresh() {
     updated.classList.add("stale");
     // 401: this browser's session ended (the proxy restarted, or the link was used twice).
     problem.textContent = err.status === 401
-      ? "This page's session has ended. Run `python -m login page` for a new link."
+      ? "This page's session has ended. Run `keyswap page` for a new link."
       : `Cannot reach keyswap: ${err.message}. Is the proxy running?`;
     problem.hidden = false;
   }
@@ -225,11 +225,13 @@ function makeCard(p) {
 function updateCard(card, p, usage) {
   const flow = FLOW_LABEL[p.flow] || p.flow;
   const parts = [`oauth:${p.name}`, flow, p.strategy];
-  if (!p.enabled) parts.push("disabled in the config");
+  // enabled as configured: "on", "off" or "not set"; enabled_means says what that does.
   card.meta.replaceChildren(
     h("code", {}, parts[0]),
-    document.createTextNode(` · ${parts.slice(1).join(" · ")}`));
-  card.root.classList.toggle("disabled", !p.enabled);
+    document.createTextNode(` · ${parts.slice(1).join(" · ")} · `),
+    h("span", { class: "enabled", title: p.enabled_means }, `enabled: ${p.enabled}`),
+    document.createTextNode(` (${p.enabled_means})`));
+  card.root.classList.toggle("disabled", p.enabled === "off");
 
   // buckets, in the order the API gives
   const seen = new Set();

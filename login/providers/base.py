@@ -296,7 +296,7 @@ class Provider(BaseModel):
         """Turn the token answer into a credential; providers add account, project, ..."""
         return self.credential(ctx.bucket, tokens)
 
-    # -- import (`python -m login import`, login/imports.py) -----------------------------
+    # -- import (`keyswap import`, login/imports.py) -----------------------------
 
     def import_sources(self) -> tuple[Source, ...]:
         """Where other tools keep a login of this provider that keyswap can take over, in the

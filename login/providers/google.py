@@ -173,7 +173,7 @@ class GoogleProvider(Provider):
         model, method = found["model"], found["method"]
         project = cred.extra.get("project")
         if not project:
-            again = f"python -m login {self.name}"
+            again = f"keyswap login {self.name}"
             raise ClientError(401, f"this login has no Code Assist project; run `{again}`")
         body = call.json()
         if method == "countTokens":

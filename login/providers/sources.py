@@ -1,4 +1,4 @@
-"""Where another tool keeps a login keyswap can take over (`python -m login import`).
+"""Where another tool keeps a login keyswap can take over (`keyswap import`).
 
 A provider names its sources (`Provider.import_sources`); each is the tool's name, the files
 it writes (in the order the tool reads them), optionally a macOS keychain item holding the same

@@ -35,7 +35,7 @@ import redis.asyncio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import CorruptEntry, StoreError
+from ..errors import CorruptEntry, StoreError, command
 from .base import Store
 
 KEY_ENV = "KEYSWAP_STORE_KEY"
@@ -121,7 +121,7 @@ def _store_key() -> bytes:
     if not text:
         raise StoreError(
             f"the Redis store needs its key: set {KEY_ENV} to the same value on every "
-            "proxy (make one with `python -m login migrate --new-key`)"
+            f"proxy (make one with `{command('migrate', '--new-key')}`)"
         )
     try:
         key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
