@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="give up after this long",
         )
+        for option in provider.login_options:
+            p.add_argument(
+                option.flag,
+                dest=f"option_{option.dest}",
+                metavar=option.metavar,
+                choices=option.choices,
+                help=option.help,
+            )
         p.set_defaults(run=_login, provider=name)
 
     p = sub.add_parser(
@@ -288,7 +296,12 @@ def _login(args: argparse.Namespace) -> int:
     service = _service(args)
     ui = Console(no_browser=args.no_browser)
     provider = PROVIDERS[args.provider]
-    if provider.flow == "auth_code":
+    options = {
+        o.dest: value
+        for o in provider.login_options
+        if (value := getattr(args, f"option_{o.dest}", None)) is not None
+    }
+    if provider.flow == "auth_code" and not options:
         from .delegate import delegate
 
         account = asyncio.run(delegate(args.provider, args.bucket, ui, args.timeout))
@@ -298,7 +311,9 @@ def _login(args: argparse.Namespace) -> int:
             return 0
 
     async def job() -> Credential:
-        cred = await service.login(args.provider, args.bucket, ui, timeout=args.timeout)
+        cred = await service.login(
+            args.provider, args.bucket, ui, timeout=args.timeout, options=options
+        )
         await service.settle(cred.name)
         return cred
 

@@ -341,9 +341,12 @@ class TokenService:
         ui: LoginUI,
         *,
         timeout: float = 300.0,
+        options: Mapping[str, str] | None = None,
     ) -> Credential:
         p = get_provider(provider)
-        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout)
+        ctx = LoginContext(
+            self.http, self.endpoints(provider), ui, bucket, timeout, dict(options or {})
+        )
         cred = await p.login(ctx)
         async with async_file_lock(cred.name):
             await self._keep(cred)
