@@ -381,16 +381,20 @@ class Kiro(Provider):
         return _at(endpoints[key], self._api_region(cred))
 
     def may_deliver_to(self, host: str, endpoints: Mapping[str, str]) -> bool:
+        """The `api` and `api_q` hosts in any region (the region comes from the login)."""
         for key in ("api", "api_q"):
             template = endpoints.get(key, "")
-            if "{region}" in template:
-                head, _, tail = httpx.URL(template.replace("{region}", "REGION")).host.partition(
-                    "REGION"
-                )
-                middle = host.removeprefix(head).removesuffix(tail)
-                if host.startswith(head) and host.endswith(tail) and _is_region(middle):
+            authority = template.partition("://")[2].partition("/")[0].rpartition("@")[2]
+            name = authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+            head, marker, tail = name.lower().partition("{region}")
+            if not marker:
+                if template and host == httpx.URL(template).host:
                     return True
-            elif template and httpx.URL(template).host == host:
+            elif (
+                host.startswith(head)
+                and host.endswith(tail)
+                and _is_region(host[len(head) : len(host) - len(tail)])
+            ):
                 return True
         return False
 
