@@ -366,6 +366,10 @@ class _Thinking:
             if self.state == "text":
                 out.append(("text", self.held))
                 self.held = ""
+            elif self.state == "after":  # the blank lines after </thinking> are no answer
+                self.held = self.held.lstrip("\n")
+                if self.held:
+                    self.state = "text"
             elif self.state == "start":
                 stripped = self.held.lstrip()
                 if stripped.startswith(THINKING_OPEN):
@@ -380,8 +384,8 @@ class _Thinking:
                 if end >= 0:
                     if end:
                         out.append(("thinking", self.held[:end]))
-                    self.held = self.held[end + len(THINKING_CLOSE) :].lstrip("\n")
-                    self.state = "text"
+                    self.held = self.held[end + len(THINKING_CLOSE) :]
+                    self.state = "after"
                     continue
                 keep = _partial_suffix(self.held, THINKING_CLOSE)
                 if len(self.held) > keep:
@@ -393,6 +397,8 @@ class _Thinking:
     def end(self) -> list[tuple[str, str]]:
         held, self.held = self.held, ""
         if not held:
+            return []
+        if self.state == "after":
             return []
         return [("thinking" if self.state == "thinking" else "text", held)]
 
