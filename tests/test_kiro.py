@@ -5,6 +5,7 @@ AWS event stream event by event."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -371,3 +372,52 @@ def test_login_status_shows_the_monthly_usage_the_usage_endpoint_reports(
         time.sleep(1.5)  # the proxy's maintenance loop writes the state
         res = ks.user.run("status", "kiro")
     assert "agentic_request 100% (resets in 9d" in res.out, res.out
+
+
+def test_claude_code_answers_and_uses_a_tool_through_kiro(ks: KiroStack, tmp_path: Path) -> None:
+    """The real Claude Code CLI with `ANTHROPIC_API_KEY=oauth:kiro` and only `login env`'s
+    output: its requests (with its own tools) are served by the fake Kiro runtime."""
+    import shlex
+    import subprocess
+
+    from tests.test_real_clients import CLAUDE, require
+
+    require(CLAUDE, "@anthropic-ai/claude-code")
+    ks.login()
+    with ks.proxy() as proxy:
+        res = ks.user.run("env", "--port", str(proxy.port), "--confdir", str(proxy.confdir))
+        assert res.code == 0, res.err
+        env = {"PATH": os.environ["PATH"], "HOME": ks.user.env["HOME"], "LANG": "C.UTF-8"}
+        for line in res.out.splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = shlex.split(value)[0]
+        env["ANTHROPIC_API_KEY"] = "oauth:kiro"
+        done = subprocess.run(
+            [str(CLAUDE), "-p", "say hi"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-2000:] + proxy.output[-3000:]
+    bodies = ks.runtime_bodies()
+    assert bodies, "Claude Code's request reached Kiro's runtime"
+    tools = [
+        b["conversationState"]["currentMessage"]["userInputMessage"]  # type: ignore[index]
+        .get("userInputMessageContext", {})
+        .get("tools", [])
+        for b in bodies
+    ]
+    # Its tools declared, the fake asks for the first one; Claude Code runs it (the input is
+    # the fake's, so maybe to an error) and sends the result back, answered in text.
+    assert tools[0], "Claude Code's tools reached Kiro"
+    results = (
+        bodies[-1]["conversationState"]["currentMessage"]["userInputMessage"]  # type: ignore[index]
+        .get("userInputMessageContext", {})
+        .get("toolResults", [])
+    )
+    assert [r["toolUseId"] for r in results] == ["tooluse_1"]
+    assert "It is sunny." in done.stdout, done.stdout
+    for token in ks.fake.access:
+        assert token not in done.stdout + done.stderr
