@@ -24,7 +24,7 @@ from http import HTTPStatus
 
 from login import http1
 from login.errors import KeyswapError
-from login.providers.streams import Reshaper
+from login.providers.streams import BrokenStream, Reshaper
 
 from .dispatch import Answer, Dispatch, Job, decoded, describe, error_answer
 from .outbound import Response, UpstreamError
@@ -278,6 +278,10 @@ class _RelayConnection(asyncio.Protocol):
             # client sees an incomplete answer rather than a clean, truncated one.
             log.warning("keyswap: %s stream broke off (%s)", job.provider.name, type(exc).__name__)
             self._broken(job, 502, describe(exc, job), head_only)
+        except BrokenStream as exc:
+            # The provider's body could not be read (a reshaper found it corrupt): the same.
+            log.warning("keyswap: %s answer was broken (%s)", job.provider.name, exc)
+            self._broken(job, 502, f"{job.provider.name}: {exc}", head_only)
         except Exception:
             log.exception("keyswap: internal error while answering for %s", job.provider.name)
             self._broken(job, 500, "internal error; see the proxy's log", head_only)

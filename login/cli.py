@@ -160,6 +160,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             help="give up after this long (default: 300 for a browser sign-in, the code's "
             "lifetime for a device code)",
         )
+        for option in provider.login_options:
+            p.add_argument(
+                option.flag,
+                dest=f"option_{option.dest}",
+                metavar=option.metavar,
+                choices=option.choices,
+                help=option.help,
+            )
         p.set_defaults(run=_login, provider=name, device=False)
 
     p = sub.add_parser(
@@ -311,11 +319,16 @@ def _login(args: argparse.Namespace) -> int:
     service = _service(args)
     ui = Console(no_browser=args.no_browser)
     provider = PROVIDERS[args.provider]
+    options = {
+        o.dest: value
+        for o in provider.login_options
+        if (value := getattr(args, f"option_{o.dest}", None)) is not None
+    }
     device = args.device
     if provider.device_alternative and not device and ui.stranded:
         ui.step("No browser opens here and nothing can be pasted: signing in with a device code")
         device = True
-    if provider.flow == "auth_code" and not device:
+    if provider.flow == "auth_code" and not device and not options:
         from .delegate import delegate
 
         wait = BROWSER_WAIT if args.timeout is None else args.timeout
@@ -333,6 +346,7 @@ def _login(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             device=device,
             paste=args.no_browser,
+            options=options,
         )
         await service.settle(cred.name)
         return cred

@@ -342,10 +342,20 @@ class TokenService:
         timeout: float | None = None,
         device: bool = False,
         paste: bool = False,
+        options: Mapping[str, str] | None = None,
     ) -> Credential:
         """Sign in (see LoginContext for `timeout`, `device` and `paste`) and keep the login."""
         p = get_provider(provider)
-        ctx = LoginContext(self.http, self.endpoints(provider), ui, bucket, timeout, device, paste)
+        ctx = LoginContext(
+            self.http,
+            self.endpoints(provider),
+            ui,
+            bucket,
+            timeout,
+            device,
+            paste,
+            dict(options or {}),
+        )
         cred = await p.login(ctx)
         async with self.store.lock(cred.name):
             await self._keep(cred)

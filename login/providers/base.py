@@ -157,6 +157,21 @@ class LoginContext:
     # The person will paste the answer (`--no-browser`): a callback port that cannot be
     # listened on is said, and the sign-in goes on by paste alone.
     paste: bool = False
+    # The provider's own login options as the user gave them (`Provider.login_options`).
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+class LoginOption(BaseModel):
+    """A command-line option of one provider's login (`keyswap login <provider> --flag V`):
+    data the CLI turns into an argument; its value reaches `login` as `ctx.options[dest]`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    flag: str  # "--start-url"
+    dest: str  # "start_url"
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
 
 
 class Provider(BaseModel):
@@ -207,6 +222,8 @@ class Provider(BaseModel):
     # Whether a refresh spends the refresh token (a new one comes back, the old one is dead):
     # then one login cannot be shared with another tool, and importing one takes it over.
     rotates_refresh: bool = False
+    # Options of this provider's login beyond the bucket (an issuer URL, a sign-in method).
+    login_options: tuple[LoginOption, ...] = ()
 
     # -- login ---------------------------------------------------------------------------
 

@@ -10,6 +10,12 @@ from typing import Any, Protocol
 Json = dict[str, Any]
 
 
+class BrokenStream(Exception):
+    """Raised by a reshaper whose upstream body turned out broken (a frame that fails its
+    checksum): what it returned before already told the client; the relay now ends the
+    client's answer abruptly, so it is visibly incomplete rather than cleanly cut short."""
+
+
 class Reshaper(Protocol):
     """Fed the decoded upstream body chunk by chunk; returns what goes to the client."""
 

@@ -159,7 +159,7 @@ def parse_request(method: str, target: str, headers: dict[str, str], raw: bytes)
         return base
     ctype = headers.get("content-type", "").split(";")[0].strip().lower()
     try:
-        if ctype == "application/json":
+        if ctype == "application/json" or ctype.startswith("application/x-amz-json"):
             body = json.loads(raw)
             if not isinstance(body, dict):
                 return replace(base, error="JSON body must be an object")
