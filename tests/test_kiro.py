@@ -5,7 +5,6 @@ AWS event stream event by event."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,21 +376,14 @@ def test_login_status_shows_the_monthly_usage_the_usage_endpoint_reports(
 def test_claude_code_answers_and_uses_a_tool_through_kiro(ks: KiroStack, tmp_path: Path) -> None:
     """The real Claude Code CLI with `ANTHROPIC_API_KEY=oauth:kiro` and only `login env`'s
     output: its requests (with its own tools) are served by the fake Kiro runtime."""
-    import shlex
     import subprocess
 
-    from tests.test_real_clients import CLAUDE, require
+    from tests.test_real_clients import CLAUDE, login_env, require
 
     require(CLAUDE, "@anthropic-ai/claude-code")
     ks.login()
     with ks.proxy() as proxy:
-        res = ks.user.run("env", "--port", str(proxy.port), "--confdir", str(proxy.confdir))
-        assert res.code == 0, res.err
-        env = {"PATH": os.environ["PATH"], "HOME": ks.user.env["HOME"], "LANG": "C.UTF-8"}
-        for line in res.out.splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = shlex.split(value)[0]
-        env["ANTHROPIC_API_KEY"] = "oauth:kiro"
+        env = {**login_env(ks.user, proxy), "ANTHROPIC_API_KEY": "oauth:kiro"}
         done = subprocess.run(
             [str(CLAUDE), "-p", "say hi"],
             env=env,

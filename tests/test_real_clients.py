@@ -36,11 +36,15 @@ def s(user: User, tmp_path: Path) -> Iterator[Stack]:
 
 
 def env_from_login_env(s: Stack, proxy: Mitmdump) -> dict[str, str]:
-    """The environment a user gets from `eval "$(python -m login env)"`, and nothing else
+    return login_env(s.user, proxy)
+
+
+def login_env(user: User, proxy: Mitmdump) -> dict[str, str]:
+    """The environment a user gets from `eval "$(keyswap env)"`, and nothing else
     from keyswap."""
-    res = s.user.run("env", "--port", str(proxy.port), "--confdir", str(proxy.confdir))
+    res = user.run("env", "--port", str(proxy.port), "--confdir", str(proxy.confdir))
     assert res.code == 0, res.err
-    env = {"PATH": os.environ["PATH"], "HOME": s.user.env["HOME"], "LANG": "C.UTF-8"}
+    env = {"PATH": os.environ["PATH"], "HOME": user.env["HOME"], "LANG": "C.UTF-8"}
     for line in res.out.splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = shlex.split(value)[0]
