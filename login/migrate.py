@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 from typing import Any
 
 from .config import load_config
 from .errors import KeyswapError, StoreError
-from .store import Store, open_store
+from .store import Store, open_store, store_named
 from .store.redis_store import KEY_ENV, new_key, safe_url
 
 HELP = "move every login to another store (keyring, file, or a redis:// URL)"
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = load_config(args.config)
     source = open_store(config.store.url)
-    target = _open(args.to)
+    target = store_named(args.to)
     if _same(source, target):
         raise StoreError(f"the logins are in {_describe(target)} already")
     names = source.names()
@@ -77,19 +76,6 @@ def run(args: argparse.Namespace) -> int:
     if moved:
         print(f"  use it: KEYSWAP_STORE={_selector(args.to)} (or [store] url)", file=sys.stderr)
     return 0 if not failed else 1
-
-
-def _open(to: str) -> Store:
-    """The destination store, named as KEYSWAP_STORE would name it."""
-    saved = os.environ.get("KEYSWAP_STORE")
-    os.environ["KEYSWAP_STORE"] = to
-    try:
-        return open_store()
-    finally:
-        if saved is None:
-            del os.environ["KEYSWAP_STORE"]
-        else:
-            os.environ["KEYSWAP_STORE"] = saved
 
 
 async def _move(

@@ -23,16 +23,21 @@ __all__ = [
     "entry_name",
     "file_lock",
     "open_store",
+    "store_named",
 ]
 
 
 def open_store(url: str | None = None) -> Store:
     """The store `KEYSWAP_STORE` names (keyring, file, or a redis:// URL), else the config's
     `[store] url` (`url`), else the keyring when one works, else the file store."""
-    forced = os.environ.get("KEYSWAP_STORE", "").strip() or (url or "")
-    if is_redis_url(forced):
-        return RedisStore(forced)
-    forced = forced.lower()
+    return store_named(os.environ.get("KEYSWAP_STORE", "").strip() or (url or ""))
+
+
+def store_named(selector: str) -> Store:
+    """The store `selector` names as KEYSWAP_STORE would ("" chooses)."""
+    if is_redis_url(selector):
+        return RedisStore(selector)
+    forced = selector.lower()
     if forced == "file":
         return FileStore()
     if forced == "keyring":
